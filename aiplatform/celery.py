@@ -1,0 +1,11 @@
+"""The Celery app. `tenant_schemas_celery` carries the sender's schema in each
+message's headers and switches the worker's connection to it before the task runs."""
+
+import os
+
+from tenant_schemas_celery.app import CeleryApp
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
+
+app = CeleryApp("aiplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -1,0 +1,232 @@
+"""Settings shared by every environment. Deploy-specific values come from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import django_stubs_ext
+
+from .env import database_from_url, env_bool, env_int, env_list, env_str, env_url
+
+# Lets admin and serializer classes be subscripted for type checking (Admin[Model]).
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+SECRET_KEY = env_str("SECRET_KEY")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+# HMAC pepper for API key hashes. Kept apart from SECRET_KEY so rotating the
+# session secret does not invalidate every API key.
+API_KEY_PEPPER = env_str("API_KEY_PEPPER")
+
+# --- Apps: django-tenants splits them into the public schema and each tenant's schema.
+SHARED_APPS = [
+    "django_tenants",
+    "apps.tenants",
+    "apps.catalog",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+]
+TENANT_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "apps.accounts",
+    "apps.jobs",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+# The API resolves its tenant from the key, not the Host, so an unknown host
+# (127.0.0.1, a load balancer's name) is served by the public URLconf.
+SHOW_PUBLIC_IF_NO_TENANT_FOUND = True
+# Issue `SET search_path` once per schema change instead of before every query.
+# Safe because django-tenants forgets the setting on close and rollback.
+TENANT_LIMIT_SET_CALLS = True
+PUBLIC_DOMAIN = env_str("PUBLIC_DOMAIN", "localhost")
+
+MIDDLEWARE = [
+    "apps.tenants.middleware.TenantResolutionMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aiplatform.urls_tenant"
+PUBLIC_SCHEMA_URLCONF = "aiplatform.urls_public"
+ASGI_APPLICATION = "aiplatform.asgi.application"
+WSGI_APPLICATION = "aiplatform.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: django-tenants backend over psycopg 3 with Django's connection pool,
+# so a worker with 32 threads or an ASGI web process does not open a connection per
+# request (connecting costs milliseconds; a pooled checkout costs microseconds).
+DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql"))
+DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
+DATABASES["default"]["OPTIONS"] = {
+    "pool": {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 2, minimum=0),
+        "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
+        # Wait at most this long for a free connection before failing the request.
+        "timeout": env_int("DB_POOL_TIMEOUT", 10, minimum=1),
+    },
+}
+DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Redis (Valkey in development): broker and, in later issues, the hot paths.
+REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
+
+# --- REST API
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AI Platform API",
+    "DESCRIPTION": "Submit LLM jobs that Celery workers run; poll them by id.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Jobs
+# An Idempotency-Key is honoured for this long (the window Stripe and others use).
+IDEMPOTENCY_WINDOW_SECONDS = env_int("IDEMPOTENCY_WINDOW_SECONDS", 24 * 3600, minimum=60)
+# How long a process trusts an authenticated key before checking Postgres again:
+# revocation reaches every process within this many seconds.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5, minimum=0)
+# Catalog rows are read on every submission; operators' edits apply within this.
+CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
+# Provider call timeout. The task's soft limit sits above it so a slow provider
+# fails the job cleanly instead of being killed.
+LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)
+# A job queued this long with no worker claiming it is re-sent by the sweeper
+# (its message may have been lost with Redis).
+JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30)
+
+# --- Celery (read by aiplatform/celery.py with namespace CELERY_)
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Job state lives in Postgres; a result backend would only duplicate it.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Ack after the task ran, and requeue if the worker died mid-task: a crash never
+# loses a job. Tasks are idempotent, so a redelivery is harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message per worker thread at a time: a slow provider never hoards jobs
+# that another idle worker could start.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The hard limit kills a stuck task; the soft limit lets it fail the job first.
+CELERY_TASK_SOFT_TIME_LIMIT = LLM_REQUEST_TIMEOUT_SECONDS + 30
+CELERY_TASK_TIME_LIMIT = LLM_REQUEST_TIMEOUT_SECONDS + 60
+# Redis redelivers an unacked message after visibility_timeout: keep it well above
+# the hard limit, or a long acks-late job would run twice.
+_VISIBILITY_TIMEOUT = CELERY_TASK_TIME_LIMIT * 2 + 600
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT}
+CELERY_VISIBILITY_TIMEOUT = _VISIBILITY_TIMEOUT
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = ("tasks.queues.route_task",)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_BEAT_SCHEDULE = {
+    "jobs-requeue-stale": {
+        "task": "jobs.requeue_stale",
+        # Once a minute: a lost message costs at most JOB_REQUEUE_AFTER_SECONDS + 60 s.
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 55},
+    },
+}
+
+# --- Sentry (nothing is sent unless SENTRY_DSN is set)
+SENTRY_DSN = env_str("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # Django's default config adds its own console handler in DEBUG: one line is enough.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+    },
+}
+
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aiplatform@localhost")
+
+# Task modules, declared once (a worker imports them all at start).
+CELERY_IMPORTS = ("tasks.jobs",)
+# Workers cache tenant rows by schema instead of querying the public schema per task.
+CELERY_TASK_TENANT_CACHE_SECONDS = 60

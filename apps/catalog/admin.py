@@ -1,0 +1,17 @@
+from django.contrib import admin
+
+from apps.core.admin_sites import operator_site
+
+from .models import LLMModel
+
+
+@admin.register(LLMModel, site=operator_site)
+class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
+    list_display = (
+        "slug", "provider", "base_url", "context_window", "max_output_tokens",
+        "input_price_per_mtok", "output_price_per_mtok", "enabled", "queue",
+    )
+    list_filter = ("provider", "enabled")
+    list_editable = ("enabled",)
+    search_fields = ("slug", "base_url")
+    readonly_fields = ("queue", "created_at", "updated_at")

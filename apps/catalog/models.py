@@ -1,0 +1,63 @@
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+# Slugs become queue names (`llm.<slug>`) and appear in URLs: keep them plain.
+SLUG_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{0,63}$", "Lowercase letters, digits, '.', '_' and '-', starting with a letter or digit."
+)
+
+
+class Provider(models.TextChoices):
+    """Which kind of server speaks the OpenAI API at base_url (traces name it)."""
+
+    OPENAI = "openai", "OpenAI"
+    VLLM = "vllm", "vLLM"
+    OLLAMA = "ollama", "Ollama"
+    LLAMA_CPP = "llama.cpp", "llama.cpp server"
+    OTHER = "other", "Other OpenAI-compatible"
+
+
+class LLMModel(models.Model):
+    """A model the platform can call, in the public schema (operators edit it)."""
+
+    slug = models.CharField(max_length=64, unique=True, validators=[SLUG_VALIDATOR])
+    provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.OPENAI)
+    # The model name the provider expects, when it differs from our slug.
+    upstream_model = models.CharField(max_length=200, blank=True)
+    base_url = models.URLField(max_length=500, help_text="OpenAI-compatible API root, e.g. https://api.openai.com/v1")
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
+        help_text="Environment variable that holds the provider API key (blank: no key).",
+    )
+    context_window = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    max_output_tokens = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    input_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M input tokens"
+    )
+    output_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M output tokens"
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("slug",)
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def queue(self) -> str:
+        from tasks.queues import llm_queue
+
+        return llm_queue(self.slug)
+
+    @property
+    def provider_model_name(self) -> str:
+        return self.upstream_model or self.slug

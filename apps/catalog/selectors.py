@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+
+from apps.core.ttlcache import TTLCache
+
+from .models import LLMModel
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """An immutable snapshot of a catalog row, safe to share across threads."""
+
+    slug: str
+    provider: str
+    provider_model_name: str
+    base_url: str
+    api_key_env: str
+    context_window: int
+    max_output_tokens: int
+    input_price_per_mtok: Decimal
+    output_price_per_mtok: Decimal
+    enabled: bool
+
+
+_catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
+
+
+def _load_catalog() -> dict[str, ModelSpec]:
+    return {
+        row.slug: ModelSpec(
+            slug=row.slug,
+            provider=row.provider,
+            provider_model_name=row.provider_model_name,
+            base_url=row.base_url,
+            api_key_env=row.api_key_env,
+            context_window=row.context_window,
+            max_output_tokens=row.max_output_tokens,
+            input_price_per_mtok=row.input_price_per_mtok,
+            output_price_per_mtok=row.output_price_per_mtok,
+            enabled=row.enabled,
+        )
+        for row in LLMModel.objects.all()
+    }
+
+
+def catalog_snapshot() -> dict[str, ModelSpec]:
+    """Every catalog model by slug. The whole (small) table is read at most once
+    per CATALOG_CACHE_SECONDS per process, so a submission costs no catalog query."""
+    return _catalog_cache.get_or_load("all", settings.CATALOG_CACHE_SECONDS, _load_catalog)
+
+
+def model_get(slug: str) -> ModelSpec | None:
+    return catalog_snapshot().get(slug)
+
+
+def models_enabled() -> list[ModelSpec]:
+    return [spec for spec in catalog_snapshot().values() if spec.enabled]
+
+
+def catalog_cache_clear() -> None:
+    _catalog_cache.clear()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from .models import LLMModel, Provider
+
+
+def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
+    """Add the demo catalog where missing (never overwrites an operator's edits).
+    Returns the slugs it created."""
+    defaults = [
+        {
+            "slug": "local-small",
+            "provider": Provider.OTHER,
+            "base_url": local_base_url,
+            "api_key_env": "",
+            "context_window": 8192,
+            "max_output_tokens": 2048,
+            # A nominal price so local jobs are metered like paid ones.
+            "input_price_per_mtok": Decimal("0.010000"),
+            "output_price_per_mtok": Decimal("0.020000"),
+            "enabled": True,
+        },
+        {
+            "slug": "gpt-4o",
+            "provider": Provider.OPENAI,
+            "base_url": "https://api.openai.com/v1",
+            "api_key_env": "OPENAI_API_KEY",
+            "context_window": 128000,
+            "max_output_tokens": 16384,
+            "input_price_per_mtok": Decimal("2.500000"),
+            "output_price_per_mtok": Decimal("10.000000"),
+            # Off until an operator sets OPENAI_API_KEY and enables it.
+            "enabled": False,
+        },
+        {
+            "slug": "gpt-4o-mini",
+            "provider": Provider.OPENAI,
+            "base_url": "https://api.openai.com/v1",
+            "api_key_env": "OPENAI_API_KEY",
+            "context_window": 128000,
+            "max_output_tokens": 16384,
+            "input_price_per_mtok": Decimal("0.150000"),
+            "output_price_per_mtok": Decimal("0.600000"),
+            "enabled": False,
+        },
+    ]
+    created = []
+    for row in defaults:
+        slug = str(row.pop("slug"))
+        _, was_created = LLMModel.objects.get_or_create(slug=slug, defaults=row)
+        if was_created:
+            created.append(slug)
+    return created

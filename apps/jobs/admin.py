@@ -1,0 +1,20 @@
+from django.contrib import admin
+
+from apps.core.admin_sites import tenant_site
+
+from .models import Job
+
+
+@admin.register(Job, site=tenant_site)
+class JobAdmin(admin.ModelAdmin[Job]):
+    list_display = ("id", "user", "model", "status", "input_tokens", "output_tokens", "provider_latency_ms", "created_at")
+    list_filter = ("status", "model")
+    search_fields = ("id", "user__email")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [field.name for field in Job._meta.fields]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False  # jobs come from the API

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.errors import InvalidRequest, NotFound
+
+from .models import Job, JobStatus
+from .selectors import job_get, job_list
+from .serializers import JobCreateSerializer
+from .services import JobRequest, job_cancel, job_submit
+
+SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
+
+
+class JobOutputSerializer(serializers.ModelSerializer[Job]):
+    object = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = (
+            "id", "object", "status", "model", "output", "finish_reason", "usage", "provider_latency_ms",
+            "error", "metadata", "created_at", "started_at", "finished_at", "links",
+        )
+
+    def get_object(self, job: Job) -> str:
+        return "job"
+
+    def get_usage(self, job: Job) -> dict[str, Any] | None:
+        if job.input_tokens is None or job.output_tokens is None:
+            return None
+        return {
+            "input_tokens": job.input_tokens,
+            "output_tokens": job.output_tokens,
+            "total_tokens": job.input_tokens + job.output_tokens,
+            "estimated": job.usage_estimated,
+        }
+
+    def get_error(self, job: Job) -> dict[str, Any] | None:
+        if not job.error_type:
+            return None
+        return {
+            "type": job.error_type,
+            "code": job.error_code or None,
+            "message": job.error_message,
+            "provider_status": job.error_status,
+        }
+
+    def get_links(self, job: Job) -> dict[str, str]:
+        return job_links(self.context["request"], job)
+
+
+def job_links(request: Request, job: Job) -> dict[str, str]:
+    base = request.build_absolute_uri(f"/api/v1/jobs/{job.pk}")
+    return {"self": base, "events": f"{base}/events"}
+
+
+class JobCursorPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 20
+    page_size_query_param = "limit"
+    max_page_size = 100
+
+
+class JobListCreateApi(APIView):
+    class FilterSerializer(serializers.Serializer[Any]):
+        status = serializers.ChoiceField(choices=JobStatus.values, required=False)
+        model = serializers.CharField(required=False, max_length=64)
+
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={202: JobOutputSerializer, 200: JobOutputSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        summary="Submit a chat job (answers 202 at once; a worker runs it)",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = JobCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        idempotency_key = request.headers.get("Idempotency-Key") or None
+        if idempotency_key is not None and len(idempotency_key) > 255:
+            raise InvalidRequest("Idempotency-Key is longer than 255 characters.", param="Idempotency-Key")
+        job, created = job_submit(
+            principal=request.user,  # type: ignore[arg-type]
+            request=JobRequest(
+                model=data["model"],
+                messages=data["messages"],
+                params={name: data[name] for name in SAMPLING_PARAMS if name in data},
+                metadata=data.get("metadata", {}),
+                stream=data["stream"],
+            ),
+            idempotency_key=idempotency_key,
+        )
+        body = JobOutputSerializer(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        parameters=[FilterSerializer, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
+        responses=JobOutputSerializer(many=True),
+        summary="List the caller's jobs, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        jobs: QuerySet[Job] = job_list(principal=request.user, **filters.validated_data)  # type: ignore[arg-type]
+        paginator = JobCursorPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True, context={"request": request}).data)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutputSerializer, summary="A job's status and result")
+    def get(self, request: Request, job_id: Any) -> Response:
+        job = job_get(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
+        if job is None:
+            raise NotFound(f"No job with id {job_id}.", param="id")
+        return Response(JobOutputSerializer(job, context={"request": request}).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobOutputSerializer, summary="Cancel a queued or running job")
+    def post(self, request: Request, job_id: Any) -> Response:
+        job = job_cancel(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
+        return Response(JobOutputSerializer(job, context={"request": request}).data)

@@ -1,0 +1,100 @@
+"""Request validation for the job API. Errors name the field (`messages.0.role`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_MESSAGES = 2048
+MAX_STOP_SEQUENCES = 4
+MAX_METADATA_KEYS = 16
+MAX_METADATA_VALUE_LENGTH = 512
+
+
+class StrictSerializer(serializers.Serializer[Any]):
+    """Rejects fields it does not know: a typo like `max_token` is an error, not a
+    silently ignored parameter."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {unknown[0]: serializers.ErrorDetail(f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter")}
+                )
+        return super().to_internal_value(data)
+
+
+class ContentField(serializers.Field[Any, Any, Any, Any]):
+    """A message's content: a string, or a list of parts like {"type": "text", "text": "..."}."""
+
+    default_error_messages = {
+        "invalid": "Must be a string or a list of content parts.",
+        "invalid_part": "Each content part must be an object like {\"type\": \"text\", \"text\": \"...\"}.",
+    }
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return data
+        if isinstance(data, list) and data:
+            for part in data:
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    self.fail("invalid_part")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    self.fail("invalid_part")
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class MessageSerializer(StrictSerializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = ContentField()
+    name = serializers.CharField(required=False, max_length=64)
+    tool_call_id = serializers.CharField(required=False, max_length=128)
+
+
+class StopField(serializers.Field[Any, Any, Any, Any]):
+    default_error_messages = {"invalid": f"Must be a string or a list of at most {MAX_STOP_SEQUENCES} strings."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and data:
+            return data
+        if (
+            isinstance(data, list)
+            and 0 < len(data) <= MAX_STOP_SEQUENCES
+            and all(isinstance(item, str) and item for item in data)
+        ):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class MetadataField(serializers.DictField):
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if len(value) > MAX_METADATA_KEYS:
+            raise serializers.ValidationError(f"At most {MAX_METADATA_KEYS} keys.", code="invalid")
+        for key, item in value.items():
+            if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE_LENGTH or len(key) > 64:
+                raise serializers.ValidationError(
+                    f"Keys up to 64 characters, values strings up to {MAX_METADATA_VALUE_LENGTH}.", code="invalid"
+                )
+        return value
+
+
+class JobCreateSerializer(StrictSerializer):
+    model = serializers.CharField(max_length=64)
+    messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)
+    max_tokens = serializers.IntegerField(required=False, min_value=1)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    stop = StopField(required=False)
+    metadata = MetadataField(required=False)
+    stream = serializers.BooleanField(required=False, default=False)

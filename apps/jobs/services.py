@@ -1,0 +1,286 @@
+"""Job lifecycle: submit (web), execute (worker), cancel, and the sweep that
+repairs jobs whose Celery message was lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.accounts.selectors import Principal
+from apps.catalog.selectors import ModelSpec, model_get, models_enabled
+from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from apps.llm.providers import ChatResult, ProviderError, chat_complete
+from apps.llm.tokens import count_message_tokens
+
+from .models import Job, JobStatus
+from .selectors import job_get
+
+logger = logging.getLogger(__name__)
+
+# A job whose worker keeps dying (poison input, OOM) is failed after this many claims.
+MAX_CLAIMS = 3
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated submission (the API's serializer builds it)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+
+    def fingerprint(self) -> str:
+        """Hash of the canonical request: what an Idempotency-Key replay must match."""
+        canonical = json.dumps(
+            {"model": self.model, "messages": self.messages, "params": self.params,
+             "metadata": self.metadata, "stream": self.stream},
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- Submission (web process) -------------------------------------------------
+
+
+def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Validate against the catalog, store the job and enqueue it once committed.
+
+    Returns (job, created). With an Idempotency-Key seen within the window, the
+    earlier job comes back (created=False) when the body matches, and a body that
+    differs is a 409.
+    """
+    fingerprint = request.fingerprint()
+    if idempotency_key:
+        replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
+        if replay is not None:
+            return replay, False
+
+    spec = _admissible_model(request.model)
+    input_tokens = _check_size(spec, request)
+    job = Job(
+        user_id=principal.user_id,
+        api_key_id=principal.key_id,
+        model=spec.slug,
+        messages=request.messages,
+        params=request.params,
+        metadata=request.metadata,
+        stream=request.stream,
+        input_tokens_estimate=input_tokens,
+        idempotency_key=idempotency_key or None,
+        request_hash=fingerprint,
+        enqueued_at=timezone.now(),
+    )
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+            transaction.on_commit(lambda: job_enqueue(job_id=job.id, model=job.model))
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent request with the same key won the insert: answer as its replay.
+        replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
+        if replay is None:
+            raise
+        return replay, False
+    return job, True
+
+
+def _idempotent_replay(*, principal: Principal, key: str, fingerprint: str) -> Job | None:
+    existing = Job.objects.filter(user_id=principal.user_id, idempotency_key=key).first()
+    if existing is None:
+        return None
+    window_start = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_WINDOW_SECONDS)
+    if existing.created_at < window_start:
+        # Expired: release the key so a new job can take it.
+        Job.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key=None)
+        return None
+    if existing.request_hash != fingerprint:
+        raise Conflict(
+            "This Idempotency-Key was used with a different request body. Use a new key for a new request.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return existing
+
+
+def _admissible_model(slug: str) -> ModelSpec:
+    spec = model_get(slug)
+    if spec is None or not spec.enabled:
+        available = ", ".join(sorted(s.slug for s in models_enabled())) or "none"
+        raise InvalidRequest(
+            f"Model {slug!r} does not exist or is disabled. Available models: {available}.",
+            code="model_not_found",
+            param="model",
+        )
+    return spec
+
+
+def _check_size(spec: ModelSpec, request: JobRequest) -> int:
+    max_tokens = request.params.get("max_tokens")
+    if max_tokens is not None and max_tokens > spec.max_output_tokens:
+        raise InvalidRequest(
+            f"max_tokens is {max_tokens}, above the {spec.max_output_tokens} output tokens {spec.slug} allows.",
+            code="max_tokens_too_large",
+            param="max_tokens",
+        )
+    input_tokens = count_message_tokens(request.messages)
+    needed = input_tokens + (max_tokens or 0)
+    if needed > spec.context_window:
+        raise PayloadTooLarge(
+            f"The request needs {needed} tokens ({input_tokens} in the messages"
+            f"{f' + {max_tokens} max_tokens' if max_tokens else ''}), above the {spec.context_window}-token"
+            f" context window of {spec.slug}.",
+            param="messages",
+        )
+    return input_tokens
+
+
+def job_enqueue(*, job_id: uuid.UUID, model: str) -> None:
+    """Send the job to its model's queue. The Celery task id is the job id, so a
+    cancel can revoke it without storing anything else."""
+    from tasks.jobs import job_run
+
+    job_run.apply_async(kwargs={"job_id": str(job_id), "model": model}, task_id=str(job_id))
+
+
+# --- Cancel ---------------------------------------------------------------
+
+
+def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
+    job = job_get(principal=principal, job_id=job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id}.", param="id")
+    cancelled = Job.objects.filter(
+        pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+    ).update(status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None)
+    if not cancelled:
+        job.refresh_from_db(fields=["status"])
+        raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
+    if job.status == JobStatus.QUEUED:
+        # Workers drop a revoked message unrun; one that races past the revoke
+        # still finds the job cancelled and does nothing.
+        from aiplatform.celery import app
+
+        app.control.revoke(str(job.pk))
+    job.refresh_from_db()
+    return job
+
+
+# --- Execution (worker) ------------------------------------------------------
+
+
+def job_claim(*, job_id: uuid.UUID) -> Job | None:
+    """Atomically take a job for this worker, or None when it is not ours to run:
+    already finished or cancelled, or held by a live claim (a duplicate message).
+    A claim whose lease expired (its worker died) may be taken over."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    claimed = (
+        Job.objects.filter(pk=job_id, attempts__lt=MAX_CLAIMS)
+        .filter(Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_expires_at__lt=now))
+        .update(status=JobStatus.RUNNING, started_at=now, lease_expires_at=now + lease, attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        return None
+    return Job.objects.get(pk=job_id)
+
+
+def job_execute(*, job_id: uuid.UUID) -> None:
+    """Run a job end to end. Idempotent: a redelivered message for a job that is
+    finished, cancelled or running elsewhere makes no provider call."""
+    job = job_claim(job_id=job_id)
+    if job is None:
+        logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
+        return
+    spec = model_get(job.model)
+    try:
+        if spec is None or not spec.enabled:
+            raise ProviderError("model_unavailable", f"Model {job.model!r} was disabled after the job was queued.")
+        result = chat_complete(spec, messages=job.messages, params=job.params)
+    except ProviderError as exc:
+        job_fail(job_id=job.pk, error_type=exc.error_type, message=exc.message, status=exc.status, code=exc.code)
+        return
+    except Exception:
+        job_fail(job_id=job.pk, error_type="internal_error", message="The worker failed while running this job.")
+        raise
+    _job_succeed(job_id=job.pk, result=result)
+
+
+def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> None:
+    # Guarded by status: a job cancelled while the provider answered stays cancelled.
+    Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.SUCCEEDED,
+        output=result.output,
+        finish_reason=result.finish_reason,
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
+        usage_estimated=result.usage_estimated,
+        provider_latency_ms=result.latency_ms,
+        response_model=result.response_model,
+        response_id=result.response_id,
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+
+
+def job_fail(
+    *, job_id: uuid.UUID, error_type: str, message: str, status: int | None = None, code: str | None = None
+) -> None:
+    Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.FAILED,
+        error_type=error_type,
+        error_code=code or "",
+        error_message=message,
+        error_status=status,
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+
+
+# --- Sweep (beat, once a minute per tenant) -----------------------------------
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued: int
+    failed: int
+
+
+def jobs_requeue_stale() -> SweepResult:
+    """Repair what a lost broker message or a dead worker left behind, in the
+    current tenant schema: re-send jobs queued for longer than
+    JOB_REQUEUE_AFTER_SECONDS, re-send running jobs whose lease expired, and fail
+    those that used up their claims. Re-sending is safe because claims are atomic."""
+    now = timezone.now()
+    stale_enqueue = now - timedelta(seconds=settings.JOB_REQUEUE_AFTER_SECONDS)
+    failed = Job.objects.filter(
+        status=JobStatus.RUNNING, lease_expires_at__lt=now, attempts__gte=MAX_CLAIMS
+    ).update(
+        status=JobStatus.FAILED,
+        error_type="worker_lost",
+        error_message=f"The job's worker stopped {MAX_CLAIMS} times before finishing it.",
+        finished_at=now,
+        lease_expires_at=None,
+    )
+    stale = Job.objects.filter(
+        Q(status=JobStatus.QUEUED, enqueued_at__lt=stale_enqueue)
+        | Q(status=JobStatus.RUNNING, lease_expires_at__lt=now, enqueued_at__lt=stale_enqueue)
+    ).values_list("pk", "model")[:1000]
+    requeued = 0
+    for job_id, model in stale:
+        if Job.objects.filter(pk=job_id, enqueued_at__lt=stale_enqueue).update(enqueued_at=now):
+            job_enqueue(job_id=job_id, model=model)
+            requeued += 1
+    return SweepResult(requeued=requeued, failed=failed)

@@ -1,0 +1,134 @@
+"""Calls to OpenAI-compatible providers through the official `openai` SDK.
+
+One SDK client per (base_url, key) per process: it owns an HTTP connection pool
+and is thread-safe, so a worker's threads share warm connections to a provider.
+SDK retries are off: retry policy belongs to the job (fallback chains), not to a
+hidden loop inside the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from django.conf import settings
+
+from apps.catalog.selectors import ModelSpec
+
+from .tokens import count_message_tokens, count_text_tokens
+
+# Keyless local servers (llama.cpp, Ollama, vLLM without --api-key) still need a
+# non-empty string for the SDK's Authorization header.
+NO_KEY = "not-needed"
+
+
+class ProviderError(Exception):
+    """A provider call that did not produce an answer. `error_type` is ours (stable
+    for clients); `status` and `message` are the provider's own, kept verbatim."""
+
+    def __init__(self, error_type: str, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    output: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    usage_estimated: bool
+    latency_ms: int
+    response_model: str
+    response_id: str
+
+
+def provider_api_key(spec: ModelSpec) -> str:
+    if not spec.api_key_env:
+        return NO_KEY
+    value = os.environ.get(spec.api_key_env, "")
+    if not value:
+        raise ProviderError(
+            "provider_config_error",
+            f"Model {spec.slug!r} reads its API key from ${spec.api_key_env}, which is not set for the worker.",
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+
+
+def provider_client(spec: ModelSpec) -> openai.OpenAI:
+    return _client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
+
+
+def chat_complete(spec: ModelSpec, *, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> ChatResult:
+    """One non-streaming chat completion. Raises ProviderError on any failure."""
+    client = provider_client(spec)
+    started = time.perf_counter()
+    try:
+        response = client.chat.completions.create(
+            model=spec.provider_model_name,
+            messages=list(messages),  # type: ignore[arg-type]
+            **dict(params),
+        )
+    except openai.APITimeoutError as exc:
+        raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
+    except openai.APIConnectionError as exc:
+        raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
+    except openai.APIStatusError as exc:
+        raise ProviderError(
+            "provider_error", _status_error_message(exc), status=exc.status_code, code=_status_error_code(exc)
+        ) from exc
+    except openai.OpenAIError as exc:
+        raise ProviderError("provider_error", str(exc)) from exc
+    latency_ms = int((time.perf_counter() - started) * 1000)
+
+    if not response.choices:
+        raise ProviderError("provider_bad_response", f"{spec.slug} answered with no choices.")
+    choice = response.choices[0]
+    output = choice.message.content or ""
+    usage = response.usage
+    if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+        input_tokens, output_tokens, estimated = usage.prompt_tokens, usage.completion_tokens, False
+    else:
+        # Some servers answer without usage; count it ourselves and say so.
+        input_tokens, output_tokens, estimated = count_message_tokens(messages), count_text_tokens(output), True
+    return ChatResult(
+        output=output,
+        finish_reason=choice.finish_reason or "stop",
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        usage_estimated=estimated,
+        latency_ms=latency_ms,
+        response_model=response.model or spec.provider_model_name,
+        response_id=response.id or "",
+    )
+
+
+def _status_error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and error.get("message"):
+            return str(error["message"])
+    return exc.message
+
+
+def _status_error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and error.get("code"):
+            return str(error["code"])
+    return None

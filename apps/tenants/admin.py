@@ -1,0 +1,40 @@
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
+
+from apps.core.admin_sites import operator_site, tenant_site
+
+from .models import ApiKeyRoute, Domain, Tenant
+
+
+class DomainInline(admin.TabularInline[Domain, Tenant]):
+    model = Domain
+    extra = 0
+
+
+@admin.register(Tenant, site=operator_site)
+class TenantAdmin(admin.ModelAdmin[Tenant]):
+    list_display = ("schema_name", "name", "is_active", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("schema_name", "name")
+    inlines = (DomainInline,)
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        # A schema cannot be renamed once created.
+        return ("schema_name", "created_at") if obj else ("created_at",)
+
+
+@admin.register(ApiKeyRoute, site=operator_site)
+class ApiKeyRouteAdmin(admin.ModelAdmin[ApiKeyRoute]):
+    list_display = ("prefix", "tenant", "created_at")
+    search_fields = ("prefix", "tenant__schema_name")
+    readonly_fields = ("prefix", "tenant", "created_at")
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False  # created with the key, in the tenant's admin or create_api_key
+
+
+# Staff logins exist per schema: operators in public, each tenant's admins in its own.
+for site in (operator_site, tenant_site):
+    site.register(User, UserAdmin)
+    site.register(Group, GroupAdmin)

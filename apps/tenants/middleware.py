@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.urls import set_urlconf
+from django_tenants.middleware.main import TenantMainMiddleware
+
+from apps.accounts.keys import parse_bearer
+
+from .selectors import tenant_for_key_prefix
+
+# Paths whose tenant comes from the API key rather than the Host header.
+API_PATH_PREFIXES = ("/api/v1/", "/v1/")
+
+
+class TenantResolutionMiddleware(TenantMainMiddleware):
+    """Selects the tenant schema for a request.
+
+    API calls carry `Authorization: Bearer aip_<prefix>_<secret>`: the prefix maps
+    (public schema, cached) to the tenant, so an API request costs no Host lookup
+    and works on any host name. Everything else (the admin) is resolved by Host as
+    django-tenants does: `localhost` is the operator's admin, `<tenant>.localhost`
+    a tenant's. A missing or unknown key leaves the request on the public URLconf,
+    where the API views answer 401.
+    """
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if request.path.startswith(API_PATH_PREFIXES):
+            connection.set_schema_to_public()
+            parsed = parse_bearer(request.META.get("HTTP_AUTHORIZATION", ""))
+            tenant = tenant_for_key_prefix(parsed.prefix) if parsed else None
+            if tenant is not None:
+                request.tenant = tenant  # type: ignore[attr-defined]
+                connection.set_tenant(tenant)
+                request.urlconf = settings.ROOT_URLCONF
+            else:
+                request.urlconf = settings.PUBLIC_SCHEMA_URLCONF
+            set_urlconf(request.urlconf)
+            return None
+        response: HttpResponse | None = super().process_request(request)
+        return response

@@ -1,0 +1,33 @@
+from django.db import models
+from django_tenants.models import DomainMixin, TenantMixin
+
+
+class Tenant(TenantMixin):
+    """A customer of the platform. Its users, keys and jobs live in its own schema."""
+
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    auto_create_schema = True
+    auto_drop_schema = False
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.schema_name})"
+
+
+class Domain(DomainMixin):
+    pass
+
+
+class ApiKeyRoute(models.Model):
+    """Maps an API key's public prefix to its tenant, in the public schema, so a
+    request can be switched to the right schema before its key is looked up there.
+    Holds nothing secret: the hash lives in the tenant's own `accounts.ApiKey`."""
+
+    prefix = models.CharField(max_length=16, primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="key_routes")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix} -> {self.tenant_id}"

@@ -1,0 +1,1116 @@
+"""Fake OpenAI-compatible LLM provider: a raw ASGI app served by uvicorn.
+
+Used by the test suite as the upstream provider (tests never reach the internet)
+and by ``make run`` as the default provider until a real local model lands.
+
+API routes (answered with and without the ``/v1`` prefix):
+
+  POST /v1/chat/completions  ``chat.completion`` JSON, or SSE chunks when
+                             ``"stream": true``. The reply is deterministic:
+                             ``"Echo: " + <last user message text>`` (or the
+                             configured fixed ``reply``), split into word pieces
+                             (``\\s*\\S+``), cut at ``max_completion_tokens`` /
+                             ``max_tokens`` pieces (then finish_reason is
+                             ``length``). completion_tokens = pieces emitted;
+                             prompt_tokens = words in all messages + 3 per message.
+  POST /v1/embeddings        deterministic unit vectors from a hash of the input
+                             (1536 dims unless ``dimensions``): a fixed per-dimension
+                             float32 basis with hash-chosen signs, so different
+                             inputs are near-orthogonal. Float JSON carries the
+                             shortest decimal of each float32 (as OpenAI does);
+                             ``encoding_format: "base64"`` gives little-endian float32.
+  GET  /v1/models            configured model ids; GET /v1/models/{id} (404 if unknown)
+  GET  /health               ``{"ok": true}``
+
+Control API (for tests, never behind the API key):
+
+  GET  /_control/stats       counters, last 50 requests (method, path, headers, body),
+                             pending faults, current settings
+  POST /_control/reset       counters, faults and settings back to the start options;
+                             requests hanging on a timeout fault answer 503
+  POST /_control/configure   {"latency_ms", "chunk_delay_ms", "stream_usage",
+                              "nonstream_usage", "reply"} (any subset)
+  POST /_control/faults      {"faults": [fault, ...]} appended to a queue. A fault:
+                             kind "error" (default) | "timeout" | "cut_stream";
+                             model (null = any); status (default 500); message,
+                             type, code (OpenAI-like defaults per status);
+                             retry_after (seconds, sent as Retry-After); times
+                             (default 1, -1 = forever); after_chunks (cut_stream);
+                             endpoint "chat" (default) | "embeddings" | "any".
+                             Each matching request consumes one use of the first
+                             matching fault. cut_stream on a non-stream chat call
+                             sends the headers and half the body, then closes.
+
+Programmatic use: :func:`create_app` and :class:`UpstreamServer`.
+CLI: ``python -m devtools.upstream --host 127.0.0.1 --port 9100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextvars
+import hashlib
+import itertools
+import json
+import logging
+import math
+import operator
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Self
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ASGIApp",
+    "UpstreamApp",
+    "UpstreamServer",
+    "create_app",
+    "main",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MODELS: tuple[str, ...] = ("local-small", "gpt-4o", "gpt-4o-mini")
+DEFAULT_EMBEDDING_DIM = 1536
+MAX_EMBEDDING_DIM = 8192
+HANG_SECONDS = 3600.0
+HANG_POLL_SECONDS = 0.25
+LAST_REQUESTS = 50
+FINGERPRINT = "fp_devtools"
+MODEL_CREATED = 1700000000
+
+_WORD_RE = re.compile(r"\s*\S+")
+_enc_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+_CT_JSON = (b"content-type", b"application/json")
+_CT_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+_NO_CACHE = (b"cache-control", b"no-cache")
+_OK = b'{"ok":true}'
+
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "latency_ms": (int, float),
+    "chunk_delay_ms": (int, float),
+    "stream_usage": (bool,),
+    "nonstream_usage": (bool,),
+    "reply": (str, type(None)),
+}
+_FAULT_KINDS = ("error", "timeout", "cut_stream")
+_FAULT_ENDPOINTS = ("chat", "embeddings", "any")
+
+# Set inside a request task that deliberately drops the connection mid-response,
+# so uvicorn's "ASGI callable returned without completing response." is not logged
+# for it (and still is for any other app in the process).
+_CUTTING: contextvars.ContextVar[bool] = contextvars.ContextVar("devtools_upstream_cutting", default=False)
+
+
+class _CutFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _CUTTING.get()
+
+
+_cut_filter = _CutFilter()
+
+
+def _install_cut_filter() -> None:
+    lg = logging.getLogger("uvicorn.error")
+    if _cut_filter not in lg.filters:
+        lg.addFilter(_cut_filter)
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def _error_body(message: str, etype: str, code: str | None, param: str | None = None) -> bytes:
+    return _dumps({"error": {"message": message, "type": etype, "param": param, "code": code}}).encode()
+
+
+def _default_error(status: int) -> tuple[str, str, str | None]:
+    """(message, type, code) resembling what OpenAI answers for ``status``."""
+    if status == 429:
+        return (
+            "Rate limit reached for requests (injected by devtools upstream).",
+            "requests",
+            "rate_limit_exceeded",
+        )
+    if status == 401:
+        return "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+    if status == 403:
+        return (
+            "You are not allowed to sample from this model.",
+            "permission_error",
+            None,
+        )
+    if status == 404:
+        return (
+            "The model does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+        )
+    if 400 <= status < 500:
+        return (
+            "Invalid request (injected by devtools upstream).",
+            "invalid_request_error",
+            None,
+        )
+    return (
+        "The server had an error while processing your request (injected).",
+        "server_error",
+        None,
+    )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+_LOW_BIT = bytes(i & 1 for i in range(256))
+_SIGN_BYTE = bytes((i & 1) << 7 for i in range(256))
+
+
+def _short_f32(x: float) -> str:
+    """Shortest decimal that reads back as the float32 ``x`` (what OpenAI's float JSON carries)."""
+    for p in range(1, 10):
+        s = f"{x:.{p}g}"
+        if struct.unpack("<f", struct.pack("<f", float(s)))[0] == x:
+            return s
+    return repr(x)
+
+
+class _Basis:
+    """A fixed unit vector of ``dim`` float32 components, built once per dimension.
+
+    An input's embedding is this vector with the signs of its components flipped by
+    hash bits: deterministic, exactly as long (unit), near-orthogonal for different
+    inputs, and built at C speed (no per-component Python math per request).
+    """
+
+    __slots__ = ("bits", "texts")
+
+    def __init__(self, dim: int) -> None:
+        rng = random.Random(0x5EED0000 + dim)
+        g = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+        norm = math.hypot(*g) or 1.0
+        packed = struct.pack(f"<{dim}f", *[v / norm for v in g])
+        self.bits = int.from_bytes(packed, "little")
+        # texts[i] = (component i as JSON, the same with the sign flipped)
+        self.texts = tuple((_short_f32(v).encode(), _short_f32(-v).encode()) for v in struct.unpack(f"<{dim}f", packed))
+
+
+class _Fault:
+    __slots__ = (
+        "after_chunks",
+        "code",
+        "endpoint",
+        "etype",
+        "kind",
+        "message",
+        "model",
+        "retry_after",
+        "status",
+        "times",
+    )
+
+    def __init__(self, spec: Any) -> None:
+        if not isinstance(spec, dict):
+            raise _BadRequest("each fault must be an object", "faults")
+        known = set(self.__slots__) | {"type"}
+        unknown = set(spec) - known
+        if unknown:
+            raise _BadRequest(f"unknown fault field(s): {sorted(unknown)}", "faults")
+        self.model: str | None = spec.get("model")
+        if self.model is not None and not isinstance(self.model, str):
+            raise _BadRequest("fault 'model' must be a string or null", "faults")
+        self.endpoint: str = spec.get("endpoint") or "chat"
+        if self.endpoint not in _FAULT_ENDPOINTS:
+            raise _BadRequest(f"fault 'endpoint' must be one of {_FAULT_ENDPOINTS}", "faults")
+        self.kind: str = spec.get("kind") or "error"
+        if self.kind not in _FAULT_KINDS:
+            raise _BadRequest(f"fault 'kind' must be one of {_FAULT_KINDS}", "faults")
+        status = spec.get("status", 500)
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+            raise _BadRequest("fault 'status' must be an int in 400..599", "faults")
+        self.status: int = status
+        dmsg, dtype, dcode = _default_error(status)
+        self.message: str = str(spec.get("message") or dmsg)
+        self.etype: str = str(spec.get("type") or spec.get("etype") or dtype)
+        self.code: str | None = spec.get("code", dcode)
+        retry_after = spec.get("retry_after")
+        if retry_after is not None and (not isinstance(retry_after, (int, float)) or isinstance(retry_after, bool)):
+            raise _BadRequest("fault 'retry_after' must be a number", "faults")
+        self.retry_after: int | float | None = retry_after
+        times = spec.get("times", 1)
+        if not isinstance(times, int) or isinstance(times, bool) or times == 0 or times < -1:
+            raise _BadRequest("fault 'times' must be a positive int, or -1 for unlimited", "faults")
+        self.times: int = times
+        after_chunks = spec.get("after_chunks", 0)
+        if not isinstance(after_chunks, int) or isinstance(after_chunks, bool) or after_chunks < 0:
+            raise _BadRequest("fault 'after_chunks' must be an int >= 0", "faults")
+        self.after_chunks: int = after_chunks
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "status": self.status,
+            "message": self.message,
+            "type": self.etype,
+            "code": self.code,
+            "retry_after": self.retry_after,
+            "times": self.times,
+            "after_chunks": self.after_chunks,
+        }
+
+
+class UpstreamApp:
+    """The ASGI callable. All mutable state lives on the instance (one event loop)."""
+
+    def __init__(
+        self,
+        *,
+        models: list[str] | None = None,
+        api_key: str | None = None,
+        latency_ms: int = 0,
+        chunk_delay_ms: int = 0,
+        embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+    ) -> None:
+        self.models: list[str] = list(models) if models else list(DEFAULT_MODELS)
+        self._auth: bytes | None = ("Bearer " + api_key).encode("latin-1") if api_key else None
+        self.embedding_dim = embedding_dim
+        self._start_settings: dict[str, Any] = {
+            "latency_ms": latency_ms,
+            "chunk_delay_ms": chunk_delay_ms,
+            "stream_usage": True,
+            "nonstream_usage": True,
+            "reply": None,
+        }
+        self._ids = itertools.count(1)
+        self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
+        self._models_body = _dumps({"object": "list", "data": [self._model_obj(m) for m in self.models]}).encode()
+        self._bases: dict[int, _Basis] = {}
+        self._closing = False
+        self._generation = 0
+        self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
+            "/chat/completions": ("POST", self._chat),
+            "/embeddings": ("POST", self._embeddings),
+            "/models": ("GET", self._list_models),
+        }
+        self._apply_reset()
+
+    # ----------------------------------------------------------------- state
+    def _apply_reset(self) -> None:
+        s = self._start_settings
+        self.latency = max(0.0, s["latency_ms"] / 1000.0)
+        self.chunk_delay = max(0.0, s["chunk_delay_ms"] / 1000.0)
+        self.stream_usage: bool = s["stream_usage"]
+        self.nonstream_usage: bool = s["nonstream_usage"]
+        self.reply: str | None = s["reply"]
+        self.faults: list[_Fault] = []
+        self.total = 0
+        self.per_path: dict[str, int] = {}
+        self.chat_per_model: dict[str, int] = {}
+        self.embeddings_per_model: dict[str, int] = {}
+        self.chat_streams = 0
+        self.faults_triggered = 0
+        self.unauthorized = 0
+        self.last: deque[tuple[str, str, Any, Any]] = deque(maxlen=LAST_REQUESTS)
+        # Wakes requests hanging on a "timeout" fault (they answer 503).
+        self._generation += 1
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency * 1000.0,
+            "chunk_delay_ms": self.chunk_delay * 1000.0,
+            "stream_usage": self.stream_usage,
+            "nonstream_usage": self.nonstream_usage,
+            "reply": self.reply,
+        }
+
+    def configure(self, **kw: Any) -> None:
+        for key, value in kw.items():
+            types = _SETTING_TYPES.get(key)
+            if types is None:
+                raise _BadRequest(f"unknown setting {key!r}; known: {sorted(_SETTING_TYPES)}", key)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise _BadRequest(f"bad value for {key!r}: {value!r}", key)
+        for key, value in kw.items():
+            if key == "latency_ms":
+                self.latency = max(0.0, value / 1000.0)
+            elif key == "chunk_delay_ms":
+                self.chunk_delay = max(0.0, value / 1000.0)
+            else:
+                setattr(self, key, value)
+
+    def add_faults(self, specs: list[Any]) -> None:
+        self.faults.extend([_Fault(s) for s in specs])  # all validated before any is added
+
+    def stats(self) -> dict[str, Any]:
+        last = [
+            {
+                "method": method,
+                "path": path,
+                "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+                "body": body,
+            }
+            for method, path, headers, body in self.last
+        ]
+        return {
+            "total_requests": self.total,
+            "per_path": dict(self.per_path),
+            "chat_per_model": dict(self.chat_per_model),
+            "embeddings_per_model": dict(self.embeddings_per_model),
+            "chat_streams": self.chat_streams,
+            "faults_triggered": self.faults_triggered,
+            "unauthorized": self.unauthorized,
+            "last_bodies": [r["body"] for r in last if r["body"] is not None],
+            "last_requests": last,
+            "faults": [f.as_dict() for f in self.faults],
+            "settings": self.settings(),
+        }
+
+    def shutdown(self) -> None:
+        """Thread-safe: make hanging requests answer 503 and slow streams stop."""
+        self._closing = True
+
+    def _take_fault(self, endpoint: str, model: str) -> _Fault | None:
+        for i, f in enumerate(self.faults):
+            if f.endpoint != "any" and f.endpoint != endpoint:
+                continue
+            if f.model is not None and f.model != model:
+                continue
+            if f.times > 0:
+                f.times -= 1
+                if f.times == 0:
+                    del self.faults[i]
+            self.faults_triggered += 1
+            return f
+        return None
+
+    # ------------------------------------------------------------------- ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stype = scope["type"]
+        if stype != "http":
+            if stype == "lifespan":
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif msg["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            return
+        path: str = scope["path"]
+        if path.startswith("/_control/"):
+            await self._control(path, scope, receive, send)
+            return
+        if path == "/health":
+            await _send_bytes(send, 200, _OK)
+            return
+        self.total += 1
+        self.per_path[path] = self.per_path.get(path, 0) + 1
+        sub = path[3:] if path.startswith("/v1/") else path
+        route = self._routes.get(sub)
+        handler: Callable[[Scope, Receive, Send], Awaitable[None]]
+        if route is not None:
+            if scope["method"] != route[0]:
+                await _send_error(
+                    send,
+                    405,
+                    f"Method {scope['method']} not allowed on {path}.",
+                    "invalid_request_error",
+                    "method_not_allowed",
+                )
+                return
+            handler = route[1]
+        elif sub.startswith("/models/") and scope["method"] == "GET":
+            handler = self._get_model
+        else:
+            self.last.append((scope["method"], path, scope["headers"], None))
+            await _send_error(
+                send,
+                404,
+                f"Unknown request URL: {scope['method']} {path}.",
+                "invalid_request_error",
+                "unknown_url",
+            )
+            return
+        if self._auth is not None and not self._authorized(scope):
+            self.unauthorized += 1
+            self.last.append((scope["method"], path, scope["headers"], None))
+            await _send_error(
+                send,
+                401,
+                "Incorrect API key provided.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+            return
+        await handler(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                return bool(v == self._auth)
+        return False
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        msg = await receive()
+        raw = msg.get("body", b"")
+        if msg.get("more_body"):
+            parts = [raw]
+            while msg.get("more_body"):
+                msg = await receive()
+                parts.append(msg.get("body", b""))
+            raw = b"".join(parts)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.last.append((scope["method"], scope["path"], scope["headers"], None))
+            raise _BadRequest("We could not parse the JSON body of your request.") from None
+        self.last.append((scope["method"], scope["path"], scope["headers"], body))
+        if not isinstance(body, dict):
+            raise _BadRequest("The request body must be a JSON object.")
+        return body
+
+    # ------------------------------------------------------------------ chat
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_json(scope, receive)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _BadRequest("you must provide a model parameter", "model")
+            self.chat_per_model[model] = self.chat_per_model.get(model, 0) + 1
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _BadRequest("'messages' must be a non-empty array.", "messages")
+            limit = body.get("max_completion_tokens")
+            if limit is None:
+                limit = body.get("max_tokens")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise _BadRequest("max_tokens must be an integer >= 1.", "max_tokens")
+        except _BadRequest as exc:
+            await _send_error(send, 400, exc.message, "invalid_request_error", None, exc.param)
+            return
+        stream = body.get("stream") is True
+        if stream:
+            self.chat_streams += 1
+
+        fault = self._take_fault("chat", model) if self.faults else None
+        if fault is not None and fault.kind == "timeout":
+            await self._hang(receive, send)
+            return
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if fault is not None and fault.kind == "error":
+            await _send_fault(send, fault)
+            return
+
+        prompt_tokens = 0
+        last_user = ""
+        for m in messages:
+            prompt_tokens += 3
+            if isinstance(m, dict):
+                text = _text_of(m.get("content"))
+                prompt_tokens += len(text.split())
+                if m.get("role") == "user":
+                    last_user = text
+        reply = self.reply if self.reply is not None else "Echo: " + last_user
+        pieces = _WORD_RE.findall(reply)
+        finish = "stop"
+        if limit is not None and len(pieces) > limit:
+            pieces = pieces[:limit]
+            finish = "length"
+        cid = f"chatcmpl-{self._id_prefix}{next(self._ids):012d}"
+        created = int(time.time())
+        headers = [(b"x-request-id", ("req_" + cid[9:]).encode())]
+        if not stream:
+            payload: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(pieces),
+                            "refusal": None,
+                            "annotations": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "system_fingerprint": FINGERPRINT,
+            }
+            if self.nonstream_usage:
+                payload["usage"] = _usage(prompt_tokens, len(pieces))
+            out = _dumps(payload).encode()
+            if fault is not None:  # cut_stream on a non-stream request: half a body, then close
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            _CT_JSON,
+                            (b"content-length", b"%d" % len(out)),
+                            *headers,
+                        ],
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": out[: len(out) // 2],
+                        "more_body": True,
+                    }
+                )
+                _install_cut_filter()
+                _CUTTING.set(True)
+                return
+            await _send_bytes(send, 200, out, headers)
+            return
+
+        so = body.get("stream_options")
+        send_usage = self.stream_usage and isinstance(so, dict) and so.get("include_usage") is True
+        head = (
+            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+            b'"system_fingerprint":"%s","choices":[{"index":0,"delta":'
+            % (cid.encode(), created, _enc_str(model).encode(), FINGERPRINT.encode())
+        )
+        mid = b',"logprobs":null,"finish_reason":'
+        tail = b"}]" + (b',"usage":null' if send_usage else b"") + b"}\n\n"
+        first = head + b'{"role":"assistant","content":"","refusal":null}' + mid + b"null" + tail
+        chunks = [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
+        end = head + b"{}" + mid + b'"' + finish.encode() + b'"' + tail
+        if send_usage:
+            end += (
+                b"data: "
+                + _dumps(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": FINGERPRINT,
+                        "choices": [],
+                        "usage": _usage(prompt_tokens, len(pieces)),
+                    }
+                ).encode()
+                + b"\n\n"
+            )
+        end += b"data: [DONE]\n\n"
+        cut = fault is not None and fault.kind == "cut_stream"
+        if cut:
+            assert fault is not None
+            chunks = chunks[: fault.after_chunks]
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [_CT_SSE, _NO_CACHE, *headers],
+            }
+        )
+        delay = self.chunk_delay
+        if not delay:
+            if cut:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": first + b"".join(chunks),
+                        "more_body": True,
+                    }
+                )
+            else:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": first + b"".join(chunks) + end,
+                    }
+                )
+        else:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            gone = asyncio.ensure_future(_until_disconnect(receive))
+            gen = self._generation
+            try:
+                for c in chunks:
+                    await asyncio.sleep(delay)
+                    if gone.done() or self._closing or gen != self._generation:
+                        cut = True
+                        break
+                    await send({"type": "http.response.body", "body": c, "more_body": True})
+                if not cut:
+                    await asyncio.sleep(delay)
+                    await send({"type": "http.response.body", "body": end})
+            finally:
+                gone.cancel()
+        if cut:
+            # Return without completing the response: uvicorn closes the connection.
+            _install_cut_filter()
+            _CUTTING.set(True)
+
+    async def _hang(self, receive: Receive, send: Send) -> None:
+        """Answer nothing until the client disconnects, a reset/shutdown, or HANG_SECONDS."""
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        gen = self._generation
+        deadline = time.monotonic() + HANG_SECONDS
+        try:
+            while not gone.done():
+                if self._closing or gen != self._generation:
+                    await _send_error(
+                        send,
+                        503,
+                        "The upstream is shutting down or was reset.",
+                        "server_error",
+                        None,
+                    )
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    await _send_error(
+                        send,
+                        504,
+                        "Injected timeout elapsed.",
+                        "server_error",
+                        "timeout",
+                    )
+                    return
+                await asyncio.wait({gone}, timeout=min(HANG_POLL_SECONDS, remaining))
+        finally:
+            gone.cancel()
+
+    # ------------------------------------------------------------ embeddings
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_json(scope, receive)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _BadRequest("you must provide a model parameter", "model")
+            self.embeddings_per_model[model] = self.embeddings_per_model.get(model, 0) + 1
+            inp = body.get("input")
+            items: list[Any]
+            if isinstance(inp, str):
+                items = [inp]
+            elif isinstance(inp, list) and inp:
+                items = [inp] if isinstance(inp[0], int) else inp
+            else:
+                raise _BadRequest("'input' must be a string or a non-empty array.", "input")
+            dim = body.get("dimensions")
+            if dim is None:
+                dim = self.embedding_dim
+            elif not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_EMBEDDING_DIM:
+                raise _BadRequest(
+                    f"'dimensions' must be an int in 1..{MAX_EMBEDDING_DIM}.",
+                    "dimensions",
+                )
+            fmt = body.get("encoding_format") or "float"
+            if fmt not in ("float", "base64"):
+                raise _BadRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+        except _BadRequest as exc:
+            await _send_error(send, 400, exc.message, "invalid_request_error", None, exc.param)
+            return
+        fault = self._take_fault("embeddings", model) if self.faults else None
+        if fault is not None and fault.kind == "timeout":
+            await self._hang(receive, send)
+            return
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if fault is not None:  # "error" (cut_stream is treated as an error here too)
+            await _send_fault(send, fault)
+            return
+        b64 = fmt == "base64"
+        parts = []
+        tokens = 0
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                key = item
+                tokens += max(1, len(item.split()))
+            elif isinstance(item, list):
+                key = _dumps(item)
+                tokens += len(item)
+            else:
+                await _send_error(
+                    send,
+                    400,
+                    "'input' items must be strings or token arrays.",
+                    "invalid_request_error",
+                    None,
+                    "input",
+                )
+                return
+            parts.append(b'{"object":"embedding","index":%d,"embedding":%s}' % (i, self._embedding(key, dim, b64)))
+        out = (
+            b'{"object":"list","data":['
+            + b",".join(parts)
+            + b'],"model":'
+            + _enc_str(model).encode()
+            + b',"usage":{"prompt_tokens":%d,"total_tokens":%d}}' % (tokens, tokens)
+        )
+        await _send_bytes(send, 200, out)
+
+    def _embedding(self, key: str, dim: int, b64: bool) -> bytes:
+        basis = self._bases.get(dim)
+        if basis is None:
+            basis = self._bases[dim] = _Basis(dim)
+        # one hash byte per component; its low bit flips that component's sign
+        signs = hashlib.shake_256(key.encode("utf-8", "surrogatepass")).digest(dim)
+        if b64:
+            mask = bytearray(4 * dim)
+            mask[3::4] = signs.translate(_SIGN_BYTE)  # the sign bit is the top bit of byte 3 (LE)
+            packed = (int.from_bytes(mask, "little") ^ basis.bits).to_bytes(4 * dim, "little")
+            return b'"' + base64.b64encode(packed) + b'"'
+        return b"[" + b",".join(map(operator.getitem, basis.texts, signs.translate(_LOW_BIT))) + b"]"
+
+    # ---------------------------------------------------------------- models
+    @staticmethod
+    def _model_obj(mid: str) -> dict[str, Any]:
+        return {
+            "id": mid,
+            "object": "model",
+            "created": MODEL_CREATED,
+            "owned_by": "devtools-upstream",
+        }
+
+    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.last.append((scope["method"], scope["path"], scope["headers"], None))
+        await _send_bytes(send, 200, self._models_body)
+
+    async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.last.append((scope["method"], scope["path"], scope["headers"], None))
+        path: str = scope["path"]
+        mid = path[path.index("/models/") + 8 :]
+        if mid in self.models:
+            await _send_bytes(send, 200, _dumps(self._model_obj(mid)).encode())
+        else:
+            await _send_error(
+                send,
+                404,
+                f"The model '{mid}' does not exist",
+                "invalid_request_error",
+                "model_not_found",
+            )
+
+    # --------------------------------------------------------------- control
+    async def _control(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        name = path[len("/_control/") :]
+        method = scope["method"]
+        try:
+            if name == "stats" and method == "GET":
+                await _send_bytes(send, 200, _dumps(self.stats()).encode())
+                return
+            if method != "POST" or name not in ("reset", "configure", "faults"):
+                await _send_error(
+                    send,
+                    404,
+                    f"Unknown control endpoint: {method} {path}",
+                    "invalid_request_error",
+                    "unknown_url",
+                )
+                return
+            msg = await receive()
+            raw = msg.get("body", b"")
+            while msg.get("more_body"):
+                msg = await receive()
+                raw += msg.get("body", b"")
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise _BadRequest("invalid JSON body") from None
+            if not isinstance(body, dict):
+                raise _BadRequest("the body must be a JSON object")
+            if name == "reset":
+                self._apply_reset()
+                await _send_bytes(send, 200, _OK)
+            elif name == "configure":
+                self.configure(**body)
+                await _send_bytes(
+                    send,
+                    200,
+                    _dumps({"ok": True, "settings": self.settings()}).encode(),
+                )
+            else:
+                faults = body.get("faults")
+                if not isinstance(faults, list):
+                    raise _BadRequest("'faults' must be an array", "faults")
+                self.add_faults(faults)
+                await _send_bytes(
+                    send,
+                    200,
+                    _dumps({"ok": True, "pending": len(self.faults)}).encode(),
+                )
+        except _BadRequest as exc:
+            await _send_error(send, 400, exc.message, "invalid_request_error", None, exc.param)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    h = [_CT_JSON, (b"content-length", b"%d" % len(body))]
+    if headers:
+        h.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(
+    send: Send,
+    status: int,
+    message: str,
+    etype: str,
+    code: str | None,
+    param: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await _send_bytes(send, status, _error_body(message, etype, code, param), headers)
+
+
+async def _send_fault(send: Send, fault: _Fault) -> None:
+    headers = None
+    if fault.retry_after is not None:
+        ra = fault.retry_after
+        value = str(int(ra)) if float(ra).is_integer() else str(ra)
+        headers = [(b"retry-after", value.encode())]
+    await _send_error(send, fault.status, fault.message, fault.etype, fault.code, None, headers)
+
+
+def create_app(
+    *,
+    models: list[str] | None = None,
+    api_key: str | None = None,
+    latency_ms: int = 0,
+    chunk_delay_ms: int = 0,
+) -> UpstreamApp:
+    """A fresh fake-provider ASGI app (an :data:`ASGIApp`) with its own state."""
+    return UpstreamApp(
+        models=models,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        chunk_delay_ms=chunk_delay_ms,
+    )
+
+
+class UpstreamServer:
+    """Runs :func:`create_app` under uvicorn in a daemon thread on ``host`` and a free port.
+
+    Usable as a context manager. ``base_url`` ends in ``/v1`` (what OpenAI clients want);
+    ``root_url`` has no path. The helpers talk to the control API over HTTP.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, **create_app_kwargs: Any) -> None:
+        self.app = create_app(**create_app_kwargs)
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
+
+    def start(self) -> None:
+        import httpx
+        import uvicorn
+
+        if self._thread is not None:
+            raise RuntimeError("UpstreamServer already started")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            log_config=None,  # don't reconfigure the host process's logging; records propagate to root
+            timeout_graceful_shutdown=3,
+            timeout_keep_alive=30,
+        )
+        # uvicorn only installs signal handlers on the main thread (Server.capture_signals checks),
+        # so server.run() is safe in a worker thread.
+        server = uvicorn.Server(config)
+        self._server = server
+        thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            name="devtools-upstream",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+        deadline = time.monotonic() + 10.0
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self._thread = None
+                server.should_exit = True
+                sock.close()
+                raise RuntimeError("devtools upstream failed to start")
+            time.sleep(0.005)
+        self._client = httpx.Client(base_url=self.root_url, timeout=10.0, trust_env=False)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        thread, server = self._thread, self._server
+        if thread is None or server is None:
+            return
+        self.app.shutdown()
+        server.should_exit = True
+        thread.join(timeout=10.0)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5.0)
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -------------------------------------------------------- control helpers
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._client is None:
+            raise RuntimeError("UpstreamServer is not running")
+        r = self._client.post(path, json=payload)
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        if self._client is None:
+            raise RuntimeError("UpstreamServer is not running")
+        r = self._client.get("/_control/stats")
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+    def reset(self) -> None:
+        self._post("/_control/reset", {})
+
+    def configure(self, **kw: Any) -> None:
+        self._post("/_control/configure", kw)
+
+    def add_faults(self, *faults: dict[str, Any]) -> None:
+        self._post("/_control/faults", {"faults": list(faults)})
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m devtools.upstream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9100)
+    p.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        help="delay before the first byte (default 0)",
+    )
+    p.add_argument(
+        "--chunk-delay-ms",
+        type=int,
+        default=0,
+        help="delay between stream chunks (default 0)",
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="ids listed by GET /v1/models",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="if set, require 'Authorization: Bearer KEY' on the API",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = _parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    app = create_app(
+        models=models or None,
+        api_key=args.api_key,
+        latency_ms=args.latency_ms,
+        chunk_delay_ms=args.chunk_delay_ms,
+    )
+    print(
+        f"devtools upstream on http://{args.host}:{args.port}/v1 (models: {', '.join(app.models)})",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Job tasks. Each takes ids, calls one service, and owns only its retry policy."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django_tenants.utils import get_tenant_model, tenant_context
+
+from aiplatform.celery import app
+from apps.jobs.services import job_execute, job_fail, jobs_requeue_stale
+
+logger = logging.getLogger(__name__)
+
+
+@app.task(name="jobs.run", acks_late=True, ignore_result=True)
+def job_run(*, job_id: str, model: str) -> None:
+    """Run one job; `model` is only here for the router (tasks/queues.py). No Celery
+    retry: a failed provider call ends the job, and a redelivery after a crash is
+    handled by the job's own claim."""
+    try:
+        job_execute(job_id=uuid.UUID(job_id))
+    except SoftTimeLimitExceeded:
+        job_fail(job_id=uuid.UUID(job_id), error_type="timeout", message="The job exceeded its time limit.")
+
+
+@app.task(name="jobs.requeue_stale", ignore_result=True)
+def jobs_requeue_stale_all() -> None:
+    """Beat, every minute: sweep each tenant schema (see jobs_requeue_stale)."""
+    for tenant in get_tenant_model().objects.exclude(schema_name="public").filter(is_active=True):
+        with tenant_context(tenant):
+            result = jobs_requeue_stale()
+        if result.requeued or result.failed:
+            logger.warning(
+                "sweep %s: requeued %d stale jobs, failed %d", tenant.schema_name, result.requeued, result.failed
+            )

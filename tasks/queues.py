@@ -1,0 +1,36 @@
+"""Every Celery queue, declared once.
+
+Static queues are the `CeleryQueue` enum. Each catalog model gets its own queue,
+`llm.<slug>`, so a provider's workers can be sized to that provider's limits and
+a slow provider never holds up another's jobs. Worker command lines come from
+`manage.py worker_queues` (which reads this module and the catalog).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+LLM_QUEUE_PREFIX = "llm."
+
+
+class CeleryQueue(StrEnum):
+    DEFAULT = "default"  # housekeeping: sweeps, beat jobs
+
+
+def llm_queue(model_slug: str) -> str:
+    return f"{LLM_QUEUE_PREFIX}{model_slug}"
+
+
+# Tasks routed by the model they call. The router sees keyword arguments only,
+# so these tasks must be sent with `model=` as a kwarg.
+MODEL_ROUTED_TASKS = frozenset({"jobs.run"})
+
+
+def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any], task: Any = None, **kw: Any) -> dict[str, str] | None:
+    if name in MODEL_ROUTED_TASKS:
+        model = (kwargs or {}).get("model")
+        if not model:
+            raise ValueError(f"task {name} must be sent with a model= keyword argument")
+        return {"queue": llm_queue(str(model))}
+    return {"queue": CeleryQueue.DEFAULT.value}

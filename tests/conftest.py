@@ -1,0 +1,211 @@
+"""Test fixtures: real Postgres (embedded, with pgvector), real Valkey, a real
+OpenAI-compatible upstream over HTTP, and a real Celery worker where a test needs one.
+
+Tenants `acme` and `globex` are created once per session (creating a schema runs
+every tenant migration). Personas, per the style guide:
+- alice: acme, standard tier      - bob: acme, standard tier (alice's colleague)
+- carol: globex, premium tier (an outsider to acme)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from django_tenants.utils import schema_context, tenant_context
+from rest_framework.test import APIClient
+
+from apps.accounts.models import Tier
+from apps.accounts.selectors import principal_cache_clear
+from apps.accounts.services import api_key_create, user_get_or_create
+from apps.catalog.models import LLMModel
+from apps.catalog.selectors import catalog_cache_clear
+from apps.tenants.models import Tenant
+from apps.tenants.selectors import tenant_route_cache_clear
+from apps.tenants.services import tenant_create
+from devtools.upstream import UpstreamServer
+
+TEST_MODELS = ("local-small", "premium-large", "routing-probe")
+TENANT_TABLES = ("jobs_job", "accounts_apikey", "accounts_user")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Django's connection pool keeps the conninfo it was opened with; a pool opened
+    before pytest-django renames the database to `test_...` would keep serving the
+    original database. Close it so the first use after the rename opens a new one."""
+    from django.db import connections
+
+    for conn in connections.all():
+        conn.close()
+        conn.close_pool()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    django_test_environment: None, django_db_blocker: Any, django_db_modify_db_settings: None
+) -> Iterator[None]:
+    """Create the test database whichever tests are collected. pytest-django's own
+    version only does so when a collected test carries the django_db mark, and the
+    worker tests use committed_db instead."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer(models=list(TEST_MODELS))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream_and_caches(request: pytest.FixtureRequest) -> Iterator[None]:
+    catalog_cache_clear()
+    principal_cache_clear()
+    tenant_route_cache_clear()
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+    yield
+
+
+@pytest.fixture(scope="session")
+def platform(django_db_setup: None, django_db_blocker: Any, upstream: UpstreamServer) -> dict[str, Tenant]:
+    """Committed once per session: the test tenants and the catalog."""
+    with django_db_blocker.unblock():
+        tenants = {
+            schema: tenant_create(schema_name=schema, name=schema.title(), domain=f"{schema}.testserver")
+            for schema in ("acme", "globex")
+        }
+        for slug, context_window, max_output in (
+            ("local-small", 4096, 1024),
+            ("premium-large", 128000, 4096),
+            ("routing-probe", 4096, 1024),
+        ):
+            LLMModel.objects.create(
+                slug=slug,
+                base_url=upstream.base_url,
+                context_window=context_window,
+                max_output_tokens=max_output,
+                input_price_per_mtok=Decimal("0.150000"),
+                output_price_per_mtok=Decimal("0.600000"),
+            )
+        connection.set_schema_to_public()
+    return tenants
+
+
+@dataclass
+class Persona:
+    name: str
+    email: str
+    tenant: Tenant
+    key: str
+    user_id: int
+
+    def client(self) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.key}")
+        return client
+
+
+def _make_persona(tenants: dict[str, Tenant], name: str, schema: str, tier: str) -> Persona:
+    tenant = tenants[schema]
+    with tenant_context(tenant):
+        user, _ = user_get_or_create(email=f"{name}@{schema}.test", tier=tier)
+        _, raw = api_key_create(user=user, name=name)
+    connection.set_schema_to_public()
+    return Persona(name=name, email=user.email, tenant=tenant, key=raw, user_id=user.pk)
+
+
+@dataclass
+class Personas:
+    alice: Persona
+    bob: Persona
+    carol: Persona
+
+
+def _personas(tenants: dict[str, Tenant]) -> Personas:
+    return Personas(
+        alice=_make_persona(tenants, "alice", "acme", Tier.STANDARD),
+        bob=_make_persona(tenants, "bob", "acme", Tier.STANDARD),
+        carol=_make_persona(tenants, "carol", "globex", Tier.PREMIUM),
+    )
+
+
+@pytest.fixture
+def personas(platform: dict[str, Tenant], db: None) -> Personas:
+    """Personas inside the test's transaction (rolled back after the test)."""
+    return _personas(platform)
+
+
+@pytest.fixture
+def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterator[None]:
+    """Database access without a wrapping transaction, for tests whose rows a
+    Celery worker (another thread, another connection) must see. Cleans the test
+    tenants' tables afterwards; the session's tenants and catalog stay."""
+    with django_db_blocker.unblock():
+        yield
+        for tenant in platform.values():
+            with schema_context(tenant.schema_name), connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE")
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE tenants_apikeyroute")
+        connection.set_schema_to_public()
+
+
+@pytest.fixture
+def committed_personas(committed_db: None, platform: dict[str, Tenant]) -> Personas:
+    return _personas(platform)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_thread(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterator[Any]:
+    """A real Celery worker (thread pool, as in production) consuming the real
+    queues on the test Valkey, in a thread of this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    from aiplatform.celery import app
+
+    queues = ["default", "llm.local-small", "llm.premium-large"]
+    with django_db_blocker.unblock(), start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", queues=queues,
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker(celery_worker_thread: Any, committed_db: None) -> Any:
+    return celery_worker_thread
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def job_until_final(client: APIClient, job_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        body = client.get(f"/api/v1/jobs/{job_id}").json()
+        return body if body["status"] in {"succeeded", "failed", "cancelled"} else None
+
+    result: dict[str, Any] = wait_for(final, timeout=timeout)
+    return result
