@@ -150,7 +150,7 @@ def stop(datadir: Path) -> None:
     for stopper in (_stop_valkey, _stop_postgres):
         try:
             stopper(datadir)
-        except Exception as exc:  # noqa: BLE001 - re-raised below
+        except Exception as exc:
             errors.append(exc)
     if errors:
         raise errors[0]
@@ -219,9 +219,7 @@ def _port_taken_error(service: str, port: int, env_var: str, flag: str) -> Runti
     )
 
 
-def _other_port_error(
-    service: str, datadir: Path, running: int, wanted: int, env_var: str
-) -> RuntimeError:
+def _other_port_error(service: str, datadir: Path, running: int, wanted: int, env_var: str) -> RuntimeError:
     return RuntimeError(
         f"{service} for {datadir} is already running on port {running}, not "
         f"{wanted}. Run `python -m devtools.embedded stop --datadir {datadir}` "
@@ -269,9 +267,7 @@ def _run(
         )
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(
-            proc.args, proc.returncode, out.read(), err.read()
-        )
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 # --------------------------------------------------------------------------
@@ -328,9 +324,7 @@ def _prepare_pg_dirs(datadir: Path) -> None:
             os.chown(path, uid, gid)
 
 
-def _pg_ctl(
-    pgdata: Path, *args: str, timeout: float = _START_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
+def _pg_ctl(pgdata: Path, *args: str, timeout: float = _START_TIMEOUT) -> subprocess.CompletedProcess[str]:
     return _run(
         [POSTGRES_BIN_PATH / "pg_ctl", "-D", pgdata, *args],
         as_pg_user=True,
@@ -358,9 +352,7 @@ def _postgres_running_port(datadir: Path) -> int | None:
         return None
 
 
-def _pg_failure(
-    what: str, proc: subprocess.CompletedProcess[str], log: Path
-) -> RuntimeError:
+def _pg_failure(what: str, proc: subprocess.CompletedProcess[str], log: Path) -> RuntimeError:
     message = (
         f"{what} failed (exit {proc.returncode}).\n"
         f"--- command output ---\n{(proc.stdout + proc.stderr).strip() or '(none)'}"
@@ -441,9 +433,7 @@ def _ensure_database(port: int, dbname: str) -> None:
     """CREATE DATABASE dbname unless it exists (extensions are for migrations)."""
     conninfo = f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/postgres"
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if exists is None:
             _log(f"creating database {dbname!r}")
             # CREATE DATABASE cannot run in a transaction, hence autocommit.
@@ -659,9 +649,7 @@ def _parser() -> argparse.ArgumentParser:
             help="where data, logs and pid files live (default: %(default)s)",
         )
 
-    p_start = sub.add_parser(
-        "start", help="start (or reuse) both servers; prints `export` lines"
-    )
+    p_start = sub.add_parser("start", help="start (or reuse) both servers; prints `export` lines")
     add_datadir(p_start)
     p_start.add_argument(
         "--pg-port",
@@ -711,9 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("postgres", current.pg_port),
             ("valkey", current.redis_port),
         ):
-            print(
-                f"{name}: " + (f"running on {HOST}:{port}" if port else "not running")
-            )
+            print(f"{name}: " + (f"running on {HOST}:{port}" if port else "not running"))
         return 0 if current.pg_port and current.redis_port else 1
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,7 +27,9 @@ def llm_queue(model_slug: str) -> str:
 MODEL_ROUTED_TASKS = frozenset({"jobs.run"})
 
 
-def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any], task: Any = None, **kw: Any) -> dict[str, str] | None:
+def route_task(
+    name: str, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any], task: Any = None, **kw: Any
+) -> dict[str, str] | None:
     if name in MODEL_ROUTED_TASKS:
         model = (kwargs or {}).get("model")
         if not model:

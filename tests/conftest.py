@@ -9,26 +9,25 @@ every tenant migration). Personas, per the style guide:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection as _connection
 from django_tenants.utils import schema_context, tenant_context
-from rest_framework.test import APIClient
 
 from apps.accounts.models import Tier
 from apps.accounts.selectors import principal_cache_clear
 from apps.accounts.services import api_key_create, user_get_or_create
 from apps.catalog.models import LLMModel
 from apps.catalog.selectors import catalog_cache_clear
+from apps.tenants.db import tenant_connection
 from apps.tenants.models import Tenant
 from apps.tenants.selectors import tenant_route_cache_clear
 from apps.tenants.services import tenant_create
 from devtools.upstream import UpstreamServer
+from tests.support import Persona, Personas
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe")
 TENANT_TABLES = ("jobs_job", "accounts_apikey", "accounts_user")
@@ -43,7 +42,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 
     for conn in connections.all():
         conn.close()
-        conn.close_pool()
+        conn.close_pool()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +55,9 @@ def django_db_setup(
     from django.test.utils import setup_databases, teardown_databases
 
     with django_db_blocker.unblock():
-        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+        config = setup_databases(
+            verbosity=0, interactive=False, aliases={"default": {"NAME"}}, serialized_aliases=set()
+        )
     yield
     with django_db_blocker.unblock():
         teardown_databases(config, verbosity=0)
@@ -101,22 +102,8 @@ def platform(django_db_setup: None, django_db_blocker: Any, upstream: UpstreamSe
                 input_price_per_mtok=Decimal("0.150000"),
                 output_price_per_mtok=Decimal("0.600000"),
             )
-        connection.set_schema_to_public()
+        tenant_connection().set_schema_to_public()
     return tenants
-
-
-@dataclass
-class Persona:
-    name: str
-    email: str
-    tenant: Tenant
-    key: str
-    user_id: int
-
-    def client(self) -> APIClient:
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.key}")
-        return client
 
 
 def _make_persona(tenants: dict[str, Tenant], name: str, schema: str, tier: str) -> Persona:
@@ -124,15 +111,8 @@ def _make_persona(tenants: dict[str, Tenant], name: str, schema: str, tier: str)
     with tenant_context(tenant):
         user, _ = user_get_or_create(email=f"{name}@{schema}.test", tier=tier)
         _, raw = api_key_create(user=user, name=name)
-    connection.set_schema_to_public()
+    tenant_connection().set_schema_to_public()
     return Persona(name=name, email=user.email, tenant=tenant, key=raw, user_id=user.pk)
-
-
-@dataclass
-class Personas:
-    alice: Persona
-    bob: Persona
-    carol: Persona
 
 
 def _personas(tenants: dict[str, Tenant]) -> Personas:
@@ -157,11 +137,11 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
     with django_db_blocker.unblock():
         yield
         for tenant in platform.values():
-            with schema_context(tenant.schema_name), connection.cursor() as cursor:
+            with schema_context(tenant.schema_name), _connection.cursor() as cursor:
                 cursor.execute(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE")
-        with connection.cursor() as cursor:
+        with _connection.cursor() as cursor:
             cursor.execute("TRUNCATE tenants_apikeyroute")
-        connection.set_schema_to_public()
+        tenant_connection().set_schema_to_public()
 
 
 @pytest.fixture
@@ -178,34 +158,21 @@ def celery_worker_thread(platform: dict[str, Tenant], django_db_blocker: Any) ->
     from aiplatform.celery import app
 
     queues = ["default", "llm.local-small", "llm.premium-large"]
-    with django_db_blocker.unblock(), start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", queues=queues,
-        shutdown_timeout=30,
-    ) as worker:
+    with (
+        django_db_blocker.unblock(),
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            queues=queues,
+            shutdown_timeout=30,
+        ) as worker,
+    ):
         yield worker
 
 
 @pytest.fixture
 def worker(celery_worker_thread: Any, committed_db: None) -> Any:
     return celery_worker_thread
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll until predicate() is truthy; fail with a clear message on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def job_until_final(client: APIClient, job_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        body = client.get(f"/api/v1/jobs/{job_id}").json()
-        return body if body["status"] in {"succeeded", "failed", "cancelled"} else None
-
-    result: dict[str, Any] = wait_for(final, timeout=timeout)
-    return result

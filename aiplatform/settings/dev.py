@@ -17,4 +17,4 @@ from .base import *  # noqa: E402,F403
 # Serve static files straight from the apps (no collectstatic in development).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]

@@ -1,8 +1,8 @@
 """Production: every secret and URL must come from the environment (no defaults)."""
 
-from .base import *  # noqa: F403
 from django.core.exceptions import ImproperlyConfigured
 
+from .base import *  # noqa: F403
 from .env import env_bool, env_int
 
 DEBUG = False

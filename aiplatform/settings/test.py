@@ -3,6 +3,12 @@
 
 import os
 
+# `make test` exports the URLs of the services it started; these defaults are
+# the ports it uses, so a plain `pytest` works while they run.
+os.environ.setdefault(
+    "DATABASE_URL", f"postgres://postgres@127.0.0.1:{os.environ.get('AIP_TEST_PG_PORT', '54339')}/aiplatform"
+)
+os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:{os.environ.get('AIP_TEST_REDIS_PORT', '63809')}/0")
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 os.environ.setdefault("API_KEY_PEPPER", "test-api-key-pepper")
 os.environ.setdefault("ALLOWED_HOSTS", "*")
@@ -11,10 +17,10 @@ os.environ.setdefault("IDEMPOTENCY_WINDOW_SECONDS", "86400")
 os.environ.setdefault("API_KEY_CACHE_SECONDS", "0")
 os.environ.setdefault("CATALOG_CACHE_SECONDS", "0")
 
-from .base import *  # noqa: E402,F403
+from .base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The in-process test worker runs provider calls with a short timeout.
 LLM_REQUEST_TIMEOUT_SECONDS = 10
 WHITENOISE_USE_FINDERS = True
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]

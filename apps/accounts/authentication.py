@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from django.db import connection
 from django_tenants.utils import get_public_schema_name
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
+
+from apps.tenants.db import current_schema
 
 from .keys import parse_bearer
 from .selectors import Principal, principal_for_key
@@ -22,7 +23,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         parsed = parse_bearer(header)
         if parsed is None:
             raise exceptions.AuthenticationFailed("Malformed API key: expected 'Authorization: Bearer aip_...'.")
-        if connection.schema_name == get_public_schema_name():
+        if current_schema() == get_public_schema_name():
             raise exceptions.AuthenticationFailed("Invalid API key.")
         principal = principal_for_key(parsed)
         if principal is None:

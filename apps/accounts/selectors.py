@@ -3,9 +3,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
 
 from apps.core.ttlcache import TTLCache
+from apps.tenants.db import current_schema
 
 from .keys import ParsedKey, secret_matches
 from .models import ApiKey
@@ -38,7 +38,7 @@ def principal_for_key(key: ParsedKey) -> Principal | None:
     checked against the hash on every request, so a wrong secret never rides on a
     cached success.
     """
-    schema = connection.schema_name
+    schema = current_schema()
 
     def load() -> tuple[str, Principal] | None:
         row = (

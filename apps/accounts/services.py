@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.tenants.db import tenant_connection
 from apps.tenants.models import ApiKeyRoute, Tenant
 
 from .keys import generate_key, hash_secret
@@ -26,7 +27,7 @@ def user_get_or_create(*, email: str, tier: str | None = None) -> tuple[User, bo
 def api_key_create(*, user: User, name: str = "") -> tuple[ApiKey, str]:
     """Create a key for `user` (current tenant schema). Returns the row and the raw
     key, which is not stored anywhere and cannot be shown again."""
-    tenant = connection.tenant
+    tenant = tenant_connection().tenant
     if not isinstance(tenant, Tenant):
         raise RuntimeError("api_key_create must run inside a tenant schema")
     for _ in range(_PREFIX_ATTEMPTS):

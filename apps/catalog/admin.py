@@ -8,8 +8,15 @@ from .models import LLMModel
 @admin.register(LLMModel, site=operator_site)
 class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
     list_display = (
-        "slug", "provider", "base_url", "context_window", "max_output_tokens",
-        "input_price_per_mtok", "output_price_per_mtok", "enabled", "queue",
+        "slug",
+        "provider",
+        "base_url",
+        "context_window",
+        "max_output_tokens",
+        "input_price_per_mtok",
+        "output_price_per_mtok",
+        "enabled",
+        "queue",
     )
     list_filter = ("provider", "enabled")
     list_editable = ("enabled",)

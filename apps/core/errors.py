@@ -18,7 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 
 class ApiError(Exception):
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     error_type = "invalid_request_error"
     code = "invalid_request"
 

@@ -13,7 +13,9 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """API paths get the API's JSON error shape; the admin keeps Django's page."""
     if request.path.startswith(API_PATH_PREFIXES):
         body = error_body(
-            error_type="invalid_request_error", code="not_found", message=f"No route for {request.method} {request.path}."
+            error_type="invalid_request_error",
+            code="not_found",
+            message=f"No route for {request.method} {request.path}.",
         )
         return JsonResponse(body, status=404)
     return page_not_found(request, exception or Exception("not found"))

@@ -7,7 +7,16 @@ from .models import Job
 
 @admin.register(Job, site=tenant_site)
 class JobAdmin(admin.ModelAdmin[Job]):
-    list_display = ("id", "user", "model", "status", "input_tokens", "output_tokens", "provider_latency_ms", "created_at")
+    list_display = (
+        "id",
+        "user",
+        "model",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "provider_latency_ms",
+        "created_at",
+    )
     list_filter = ("status", "model")
     search_fields = ("id", "user__email")
     date_hierarchy = "created_at"

@@ -29,8 +29,20 @@ class JobOutputSerializer(serializers.ModelSerializer[Job]):
     class Meta:
         model = Job
         fields = (
-            "id", "object", "status", "model", "output", "finish_reason", "usage", "provider_latency_ms",
-            "error", "metadata", "created_at", "started_at", "finished_at", "links",
+            "id",
+            "object",
+            "status",
+            "model",
+            "output",
+            "finish_reason",
+            "usage",
+            "provider_latency_ms",
+            "error",
+            "metadata",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "links",
         )
 
     def get_object(self, job: Job) -> str:

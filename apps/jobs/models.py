@@ -31,7 +31,8 @@ class Job(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     stream = models.BooleanField(default=False)
     input_tokens_estimate = models.PositiveIntegerField(default=0)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": the unique constraint below must ignore jobs without a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
 
     # The answer.

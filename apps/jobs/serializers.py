@@ -22,7 +22,11 @@ class StrictSerializer(serializers.Serializer[Any]):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise serializers.ValidationError(
-                    {unknown[0]: serializers.ErrorDetail(f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter")}
+                    {
+                        unknown[0]: serializers.ErrorDetail(
+                            f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter"
+                        )
+                    }
                 )
         return super().to_internal_value(data)
 
@@ -32,7 +36,7 @@ class ContentField(serializers.Field[Any, Any, Any, Any]):
 
     default_error_messages = {
         "invalid": "Must be a string or a list of content parts.",
-        "invalid_part": "Each content part must be an object like {\"type\": \"text\", \"text\": \"...\"}.",
+        "invalid_part": 'Each content part must be an object like {{"type": "text", "text": "..."}}.',
     }
 
     def to_internal_value(self, data: Any) -> Any:
@@ -91,7 +95,7 @@ class MetadataField(serializers.DictField):
 
 class JobCreateSerializer(StrictSerializer):
     model = serializers.CharField(max_length=64)
-    messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)
+    messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
     max_tokens = serializers.IntegerField(required=False, min_value=1)
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, min_value=0, max_value=1)

@@ -44,9 +44,16 @@ class JobRequest:
     def fingerprint(self) -> str:
         """Hash of the canonical request: what an Idempotency-Key replay must match."""
         canonical = json.dumps(
-            {"model": self.model, "messages": self.messages, "params": self.params,
-             "metadata": self.metadata, "stream": self.stream},
-            sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+            {
+                "model": self.model,
+                "messages": self.messages,
+                "params": self.params,
+                "metadata": self.metadata,
+                "stream": self.stream,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -162,9 +169,9 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     job = job_get(principal=principal, job_id=job_id)
     if job is None:
         raise NotFound(f"No job with id {job_id}.", param="id")
-    cancelled = Job.objects.filter(
-        pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
-    ).update(status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None)
+    cancelled = Job.objects.filter(pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+        status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
+    )
     if not cancelled:
         job.refresh_from_db(fields=["status"])
         raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
@@ -265,9 +272,7 @@ def jobs_requeue_stale() -> SweepResult:
     those that used up their claims. Re-sending is safe because claims are atomic."""
     now = timezone.now()
     stale_enqueue = now - timedelta(seconds=settings.JOB_REQUEUE_AFTER_SECONDS)
-    failed = Job.objects.filter(
-        status=JobStatus.RUNNING, lease_expires_at__lt=now, attempts__gte=MAX_CLAIMS
-    ).update(
+    failed = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now, attempts__gte=MAX_CLAIMS).update(
         status=JobStatus.FAILED,
         error_type="worker_lost",
         error_message=f"The job's worker stopped {MAX_CLAIMS} times before finishing it.",

@@ -57,4 +57,3 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
         if message.get("name"):
             total += TOKENS_PER_NAME + count_text_tokens(str(message["name"]))
     return total
-

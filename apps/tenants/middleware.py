@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
 
 from apps.accounts.keys import parse_bearer
 
+from .db import tenant_connection
 from .selectors import tenant_for_key_prefix
 
 # Paths whose tenant comes from the API key rather than the Host header.
@@ -27,6 +27,7 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if request.path.startswith(API_PATH_PREFIXES):
+            connection = tenant_connection()
             connection.set_schema_to_public()
             parsed = parse_bearer(request.META.get("HTTP_AUTHORIZATION", ""))
             tenant = tenant_for_key_prefix(parsed.prefix) if parsed else None

@@ -39,10 +39,7 @@ def test_start_reuse_stop(tmp_path: Path) -> None:
     pg_port, redis_port = _distinct_free_ports()
     try:
         services = embedded.start(datadir, pg_port=pg_port, redis_port=redis_port)
-        assert (
-            services.database_url
-            == f"postgres://postgres@127.0.0.1:{pg_port}/aiplatform"
-        )
+        assert services.database_url == f"postgres://postgres@127.0.0.1:{pg_port}/aiplatform"
         assert services.redis_url == f"redis://127.0.0.1:{redis_port}/0"
 
         # TCP (not the Unix socket): the URL is what the app will use.
@@ -64,9 +61,7 @@ def test_start_reuse_stop(tmp_path: Path) -> None:
         again = embedded.start(datadir, pg_port=pg_port, redis_port=redis_port)
         assert time.monotonic() - t0 < 2.0
         assert again == services
-        assert embedded.status(datadir) == embedded.Status(
-            pg_port=pg_port, redis_port=redis_port
-        )
+        assert embedded.status(datadir) == embedded.Status(pg_port=pg_port, redis_port=redis_port)
     finally:
         embedded.stop(datadir)
 

@@ -10,7 +10,7 @@ from django_tenants.utils import tenant_context
 
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.services import job_enqueue, job_execute
-from tests.conftest import Personas, job_until_final, wait_for
+from tests.support import Personas, job_until_final, wait_for
 
 
 def _submit(client, **body):

@@ -35,7 +35,9 @@ class Command(BaseCommand):
         tenant = Tenant.objects.filter(schema_name=DEMO_SCHEMA).first()
         if tenant is None:
             tenant = tenant_create(schema_name=DEMO_SCHEMA, name="Demo", domain=f"demo.{settings.PUBLIC_DOMAIN}")
-            self.stdout.write(f"Created tenant {DEMO_SCHEMA} (admin at http://demo.{settings.PUBLIC_DOMAIN}:8000/admin/)")
+            self.stdout.write(
+                f"Created tenant {DEMO_SCHEMA} (admin at http://demo.{settings.PUBLIC_DOMAIN}:8000/admin/)"
+            )
         with tenant_context(tenant):
             self._ensure_admin("demo tenant")
             user, _ = user_get_or_create(email=DEMO_EMAIL, tier=Tier.PREMIUM)
