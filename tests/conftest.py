@@ -78,6 +78,8 @@ def _fresh_upstream_and_caches(request: pytest.FixtureRequest) -> Iterator[None]
     tenant_route_cache_clear()
     if "upstream" in request.fixturenames:
         request.getfixturevalue("upstream").reset()
+    # A request leaves the connection on its tenant's schema; start each test on public.
+    tenant_connection().set_schema_to_public()
     yield
 
 

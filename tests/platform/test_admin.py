@@ -1,0 +1,64 @@
+"""Admin sites are resolved by Host: localhost is the operator's, <tenant>.<domain> a tenant's."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import Client
+from django_tenants.utils import schema_context, tenant_context
+
+from apps.accounts.models import ApiKey
+from apps.tenants.models import Domain, Tenant
+from apps.tenants.services import public_tenant_ensure
+from tests.support import Personas
+
+
+@pytest.fixture
+def operator(db, platform):
+    public_tenant_ensure(domain="testserver")
+    with schema_context("public"):
+        return get_user_model().objects.create_superuser("op", "op@x.test", "pw-operator-1")
+
+
+def test_operator_admin_shows_catalog_and_tenants(operator):
+    client = Client()
+    client.force_login(operator)
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert b"Models" in page.content and b"Tenants" in page.content
+    catalog = client.get("/admin/catalog/llmmodel/")
+    assert catalog.status_code == 200
+    assert b"local-small" in catalog.content
+    assert b"llm.local-small" in catalog.content
+
+
+def test_tenant_admin_creates_a_key_and_shows_it_once(personas: Personas):
+    tenant = personas.alice.tenant
+    with tenant_context(tenant):
+        admin = get_user_model().objects.create_superuser("acme-admin", "a@acme.test", "pw-tenant-1")
+    client = Client(HTTP_HOST="acme.testserver")
+    with tenant_context(tenant):  # logins and sessions live in the tenant's schema
+        client.force_login(admin)
+    assert client.get("/admin/").status_code == 200
+    assert b"API keys" in client.get("/admin/").content
+    response = client.post("/admin/accounts/apikey/add/", {"user": personas.alice.user_id, "name": "ci"}, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert any("aip_" in m for m in shown), shown
+    raw = next(m for m in shown if "aip_" in m).split()[-1]
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api.get("/api/v1/jobs").status_code == 200
+    with tenant_context(tenant):
+        assert ApiKey.objects.filter(name="ci").count() == 1
+
+
+def test_seed_demo_is_idempotent(db, platform, capsys):
+    call_command("seed_demo", local_base_url="http://127.0.0.1:9/v1")
+    first = capsys.readouterr().out
+    call_command("seed_demo", local_base_url="http://127.0.0.1:9/v1")
+    second = capsys.readouterr().out
+    assert "Demo API key" in first
+    assert "already has a key" in second
+    assert Tenant.objects.filter(schema_name="demo").count() == 1
+    assert Domain.objects.filter(domain="localhost").exists()
