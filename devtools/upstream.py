@@ -59,13 +59,13 @@ import math
 import operator
 import random
 import re
-import socket
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Self
+
+from devtools.serve import ThreadedUvicorn
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -944,15 +944,20 @@ class UpstreamServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, **create_app_kwargs: Any) -> None:
         self.app = create_app(**create_app_kwargs)
-        self.host = host
-        self.port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._serve = ThreadedUvicorn(self.app, host=host, port=port, name="devtools-upstream")
         self._client: Any = None
 
     @property
+    def host(self) -> str:
+        return self._serve.host
+
+    @property
+    def port(self) -> int:
+        return self._serve.port
+
+    @property
     def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._serve.url
 
     @property
     def base_url(self) -> str:
@@ -960,63 +965,17 @@ class UpstreamServer:
 
     def start(self) -> None:
         import httpx
-        import uvicorn
 
-        if self._thread is not None:
-            raise RuntimeError("UpstreamServer already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            log_config=None,  # don't reconfigure the host process's logging; records propagate to root
-            timeout_graceful_shutdown=3,
-            timeout_keep_alive=30,
-        )
-        # uvicorn only installs signal handlers on the main thread (Server.capture_signals checks),
-        # so server.run() is safe in a worker thread.
-        server = uvicorn.Server(config)
-        self._server = server
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name="devtools-upstream",
-            daemon=True,
-        )
-        self._thread = thread
-        thread.start()
-        deadline = time.monotonic() + 10.0
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self._thread = None
-                server.should_exit = True
-                sock.close()
-                raise RuntimeError("devtools upstream failed to start")
-            time.sleep(0.005)
+        self._serve.start()
         self._client = httpx.Client(base_url=self.root_url, timeout=10.0, trust_env=False)
 
     def stop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        thread, server = self._thread, self._server
-        if thread is None or server is None:
-            return
+        # Answer pending timeout faults first so the server can shut down promptly.
         self.app.shutdown()
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5.0)
-        self._thread = None
+        self._serve.stop()
 
     def __enter__(self) -> Self:
         self.start()

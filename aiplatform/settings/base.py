@@ -104,8 +104,6 @@ DATABASES["default"]["OPTIONS"] = {
 }
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# Opt in to Django 6's default now: a scheme-less URL typed in a form means https.
-FORMS_URLFIELD_ASSUME_HTTPS = True
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -150,6 +148,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Threads per web process that run the API's sync views (see aiplatform/asgi.py).
+# Requests mostly wait on Postgres and Redis, so more threads than cores pay off;
+# keep DB_POOL_MAX_SIZE at least this large.
+WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
+
 # --- Jobs
 # An Idempotency-Key is honoured for this long (the window Stripe and others use).
 IDEMPOTENCY_WINDOW_SECONDS = env_int("IDEMPOTENCY_WINDOW_SECONDS", 24 * 3600, minimum=60)
@@ -193,7 +196,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = ("tasks.queues.route_task",)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_TASK_SEND_SENT_EVENT = True
+# No `task-sent` event: it would be a second Redis publish on every submission.
+# Flower still sees received/started/succeeded from the workers' events.
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_BEAT_SCHEDULE = {
     "jobs-requeue-stale": {

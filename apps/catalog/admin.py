@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db import models
 
 from apps.core.admin_sites import operator_site
 
@@ -22,3 +23,5 @@ class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
     list_editable = ("enabled",)
     search_fields = ("slug", "base_url")
     readonly_fields = ("queue", "created_at", "updated_at")
+    # A base URL typed without a scheme means https (Django 6's default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}

@@ -20,61 +20,82 @@ from .services import JobRequest, job_cancel, job_submit
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 
 
-class JobOutputSerializer(serializers.ModelSerializer[Job]):
-    object = serializers.SerializerMethodField()
-    usage = serializers.SerializerMethodField()
-    error = serializers.SerializerMethodField()
-    links = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Job
-        fields = (
-            "id",
-            "object",
-            "status",
-            "model",
-            "output",
-            "finish_reason",
-            "usage",
-            "provider_latency_ms",
-            "error",
-            "metadata",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "links",
-        )
-
-    def get_object(self, job: Job) -> str:
-        return "job"
-
-    def get_usage(self, job: Job) -> dict[str, Any] | None:
-        if job.input_tokens is None or job.output_tokens is None:
-            return None
-        return {
+def job_representation(job: Job, request: Request) -> dict[str, Any]:
+    """A job as the API shows it. A plain function rather than a ModelSerializer:
+    it runs on every response, and DRF's per-instance field introspection cost more
+    than the rest of a submission's Python work. `JobOutputSerializer` documents the
+    same shape for OpenAPI; a test keeps the two in step."""
+    base = request.build_absolute_uri(f"/api/v1/jobs/{job.pk}")
+    usage = None
+    if job.input_tokens is not None and job.output_tokens is not None:
+        usage = {
             "input_tokens": job.input_tokens,
             "output_tokens": job.output_tokens,
             "total_tokens": job.input_tokens + job.output_tokens,
             "estimated": job.usage_estimated,
         }
-
-    def get_error(self, job: Job) -> dict[str, Any] | None:
-        if not job.error_type:
-            return None
-        return {
+    error = None
+    if job.error_type:
+        error = {
             "type": job.error_type,
             "code": job.error_code or None,
             "message": job.error_message,
             "provider_status": job.error_status,
         }
+    return {
+        "id": str(job.pk),
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "output": job.output,
+        "finish_reason": job.finish_reason,
+        "usage": usage,
+        "provider_latency_ms": job.provider_latency_ms,
+        "error": error,
+        "metadata": job.metadata,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "links": {"self": base, "events": f"{base}/events"},
+    }
 
-    def get_links(self, job: Job) -> dict[str, str]:
-        return job_links(self.context["request"], job)
+
+class UsageSchema(serializers.Serializer[Any]):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    estimated = serializers.BooleanField(help_text="Counted by us (tiktoken) because the provider sent no usage.")
 
 
-def job_links(request: Request, job: Job) -> dict[str, str]:
-    base = request.build_absolute_uri(f"/api/v1/jobs/{job.pk}")
-    return {"self": base, "events": f"{base}/events"}
+class JobErrorSchema(serializers.Serializer[Any]):
+    type = serializers.CharField()
+    code = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+    provider_status = serializers.IntegerField(allow_null=True)
+
+
+class JobLinksSchema(serializers.Serializer[Any]):
+    self = serializers.URLField()
+    events = serializers.URLField()
+
+
+class JobOutputSerializer(serializers.Serializer[Any]):
+    """OpenAPI description of `job_representation`."""
+
+    id = serializers.UUIDField()
+    object = serializers.CharField(default="job")
+    status = serializers.ChoiceField(choices=JobStatus.values)
+    model = serializers.CharField()
+    output = serializers.CharField()
+    finish_reason = serializers.CharField()
+    usage = UsageSchema(allow_null=True)
+    provider_latency_ms = serializers.IntegerField(allow_null=True)
+    error = JobErrorSchema(allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    links = JobLinksSchema()
 
 
 class JobCursorPagination(CursorPagination):
@@ -113,7 +134,7 @@ class JobListCreateApi(APIView):
             ),
             idempotency_key=idempotency_key,
         )
-        body = JobOutputSerializer(job, context={"request": request}).data
+        body = job_representation(job, request)
         return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
 
     @extend_schema(
@@ -127,7 +148,7 @@ class JobListCreateApi(APIView):
         jobs: QuerySet[Job] = job_list(principal=request.user, **filters.validated_data)  # type: ignore[arg-type]
         paginator = JobCursorPagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True, context={"request": request}).data)
+        return paginator.get_paginated_response([job_representation(job, request) for job in page or []])
 
 
 class JobDetailApi(APIView):
@@ -136,11 +157,11 @@ class JobDetailApi(APIView):
         job = job_get(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
         if job is None:
             raise NotFound(f"No job with id {job_id}.", param="id")
-        return Response(JobOutputSerializer(job, context={"request": request}).data)
+        return Response(job_representation(job, request))
 
 
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses=JobOutputSerializer, summary="Cancel a queued or running job")
     def post(self, request: Request, job_id: Any) -> Response:
         job = job_cancel(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
-        return Response(JobOutputSerializer(job, context={"request": request}).data)
+        return Response(job_representation(job, request))

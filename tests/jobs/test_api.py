@@ -275,3 +275,25 @@ def test_unknown_and_malformed_job_ids_are_404(personas: Personas):
     assert_error(client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "not_found")
     assert_error(client.get("/api/v1/jobs/not-a-uuid"), 404, "not_found")
     assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
+
+
+def test_response_matches_the_documented_schema(personas: Personas):
+    from apps.jobs.api import JobErrorSchema, JobOutputSerializer, UsageSchema
+
+    client = personas.alice.client()
+    job_id = post_job(client).json()["id"]
+    with tenant_context(personas.alice.tenant):
+        Job.objects.filter(pk=job_id).update(input_tokens=3, output_tokens=4, error_type="x", error_message="m")
+    body = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert set(body) == set(JobOutputSerializer().fields)
+    assert set(body["usage"]) == set(UsageSchema().fields)
+    assert set(body["error"]) == set(JobErrorSchema().fields)
+
+
+def test_openapi_schema_declares_bearer_auth(db):
+    from rest_framework.test import APIClient
+
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    assert "/api/v1/jobs" in schema["paths"]
+    assert "/api/v1/jobs/{job_id}/cancel" in schema["paths"]

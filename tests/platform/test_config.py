@@ -28,8 +28,9 @@ def test_celery_reliability_settings_took_effect():
 
 
 def test_job_task_is_routed_by_model_kwarg():
-    assert route_task("jobs.run", (), {"job_id": "x", "model": "gpt-4o"}, {}) == {"queue": "llm.gpt-4o"}
-    assert route_task("jobs.requeue_stale", (), {}, {}) == {"queue": "default"}
+    routed = route_task("jobs.run", (), {"job_id": "x", "model": "gpt-4o"}, {})["queue"]
+    assert (routed.name, routed.routing_key, routed.exchange.name) == ("llm.gpt-4o", "llm.gpt-4o", "")
+    assert route_task("jobs.requeue_stale", (), {}, {})["queue"].name == "default"
     with pytest.raises(ValueError):
         route_task("jobs.run", ("x",), {}, {})
 
