@@ -30,6 +30,7 @@ django.setup(set_prefix=False)
 
 from django.conf import settings  # noqa: E402
 
+from apps.llm.tokens import warm_up  # noqa: E402
 from apps.tenants.middleware import API_PATH_PREFIXES  # noqa: E402
 
 Scope = dict[str, Any]
@@ -79,6 +80,7 @@ class Router:
     def __init__(self) -> None:
         self.api = ApiHandler(threads=settings.WEB_THREADS)
         self.django = ASGIHandler()
+        warm_up()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

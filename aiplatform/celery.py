@@ -3,9 +3,18 @@ message's headers and switches the worker's connection to it before the task run
 
 import os
 
+from celery.signals import worker_ready
 from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
 
 app = CeleryApp("aiplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@worker_ready.connect
+def _warm_up(**kwargs: object) -> None:
+    """Load the tokenizer before the first job instead of during it."""
+    from apps.llm.tokens import warm_up
+
+    warm_up()

@@ -230,9 +230,10 @@ def banner(env: dict[str, str], port: int, models: list[str], key: str | None, l
     lines += [
         "",
         "Try it:",
-        f"  curl -s {base}/api/v1/jobs -H 'Authorization: Bearer {key_text}' -H 'Content-Type: application/json' \\",
+        f'  curl -s {base}/api/v1/jobs -H "Authorization: Bearer {key_text}" \\',
+        "    -H 'Content-Type: application/json' \\",
         '    -d \'{"model": "local-small", "messages": [{"role": "user", "content": "Hello!"}]}\'',
-        f"  curl -s {base}/api/v1/jobs/<id> -H 'Authorization: Bearer {key_text}'",
+        f'  curl -s {base}/api/v1/jobs/<id> -H "Authorization: Bearer {key_text}"',
         "",
         "Ctrl-C stops the processes; `make stop` stops the embedded Postgres and Valkey.",
         "",

@@ -29,6 +29,11 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(ENCODING_NAME)
 
 
+def warm_up() -> None:
+    """Load the BPE ranks now (about a second) rather than in the first request."""
+    _encoding()
+
+
 def count_text_tokens(text: str) -> int:
     if not text:
         return 0

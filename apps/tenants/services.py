@@ -17,7 +17,7 @@ def tenant_create(*, schema_name: str, name: str, domain: str) -> Tenant:
     with transaction.atomic():
         tenant = Tenant(schema_name=schema_name, name=name)
         tenant.full_clean(exclude=["domain_url"])
-        tenant.save()
+        tenant.save(verbosity=0)
         Domain.objects.create(domain=domain, tenant=tenant, is_primary=True)
     return tenant
 
