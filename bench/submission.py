@@ -1,6 +1,8 @@
 """Benchmark for the foundation (issue 2). Prints one JSON object.
 
-- submission latency: POST /api/v1/jobs -> 202, p50/p99 at concurrency 1 and 32;
+- submission latency: POST /api/v1/jobs -> 202, p50/p99 at concurrency 1 and 32
+  (the LLM worker paused, so the web tier is measured alone);
+- single-job latency: created -> running -> succeeded, one job at a time;
 - end-to-end throughput: submit -> succeeded with the upstream at 0 ms, jobs/s;
 - a bare Celery no-op task round trip on the same broker and machine (the ceiling);
 - CPU milliseconds per job spent by the web and worker processes (and by Postgres
@@ -21,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
-from bench.harness import DATADIR, HttpClient, Platform, cpu_seconds, latency_summary, platform, rss_mb
+from bench.harness import DATADIR, HttpClient, Platform, cpu_seconds, latency_summary, percentile, platform, rss_mb
 
 CHAT = {"model": "local-small", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
 
@@ -61,11 +64,19 @@ async def closed_loop(plat: Platform, *, concurrency: int, requests: int) -> tup
 
 
 def submission_latency(plat: Platform, *, concurrency: int, requests: int) -> dict[str, Any]:
+    """POST -> 202 with the LLM worker paused (SIGSTOP): the web tier alone, as when
+    web and workers run on separate machines. Jobs wait in Redis meanwhile and are
+    drained when the worker resumes."""
     asyncio.run(closed_loop(plat, concurrency=concurrency, requests=max(50, concurrency * 4)))  # warm-up
     wait_idle(plat)
-    web_cpu = cpu_seconds([plat.pid("web")])
-    latencies, errors, elapsed = asyncio.run(closed_loop(plat, concurrency=concurrency, requests=requests))
-    web_cpu = cpu_seconds([plat.pid("web")]) - web_cpu
+    worker = psutil.Process(plat.pid("worker-llm"))
+    worker.suspend()
+    try:
+        web_cpu = cpu_seconds([plat.pid("web")])
+        latencies, errors, elapsed = asyncio.run(closed_loop(plat, concurrency=concurrency, requests=requests))
+        web_cpu = cpu_seconds([plat.pid("web")]) - web_cpu
+    finally:
+        worker.resume()
     wait_idle(plat)
     return {
         "concurrency": concurrency,
@@ -91,6 +102,46 @@ def wait_idle(plat: Platform, timeout: float = 300) -> None:
                 return
             time.sleep(0.1)
     raise RuntimeError("jobs still pending")
+
+
+def single_job_latency(plat: Platform, *, jobs: int) -> dict[str, Any]:
+    """One job at a time, unsaturated: how long from POST to `running` (queue and
+    worker pickup) and to `succeeded`, read from the job's own timestamps."""
+    wait_idle(plat)
+    with db(plat) as conn:
+        conn.execute("TRUNCATE demo.jobs_job")
+
+    async def run() -> None:
+        client = HttpClient(plat.web_port)
+        headers = {"Authorization": f"Bearer {plat.api_key}"}
+        try:
+            for _ in range(jobs):
+                status, body = await client.request("POST", "/api/v1/jobs", CHAT, headers)
+                assert status == 202, body
+                with db(plat) as conn:
+                    while True:
+                        row = conn.execute("SELECT status FROM demo.jobs_job WHERE id = %s", [body["id"]]).fetchone()
+                        if row is not None and row[0] in ("succeeded", "failed"):
+                            break
+                        await asyncio.sleep(0.002)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    with db(plat) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM started_at - created_at), extract(epoch FROM finished_at - created_at),"
+            " provider_latency_ms, status FROM demo.jobs_job"
+        ).fetchall()
+    pickup = [float(r[0]) for r in rows]
+    done = [float(r[1]) for r in rows]
+    return {
+        "jobs": jobs,
+        "succeeded": sum(1 for r in rows if r[3] == "succeeded"),
+        "created_to_running": latency_summary(pickup),
+        "created_to_succeeded": latency_summary(done),
+        "provider_latency_ms_p50": percentile([float(r[2]) for r in rows], 50),
+    }
 
 
 def end_to_end(plat: Platform, *, jobs: int, concurrency: int) -> dict[str, Any]:
@@ -194,6 +245,7 @@ def main() -> None:
                 submission_latency(plat, concurrency=1, requests=args.requests // 2),
                 submission_latency(plat, concurrency=32, requests=args.requests),
             ],
+            "single_job_latency": single_job_latency(plat, jobs=200),
             "end_to_end": end_to_end(plat, jobs=args.jobs, concurrency=32),
             "celery_noop_round_trip": celery_noop(plat, tasks=args.jobs, concurrency=args.llm_concurrency),
         }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import django_stubs_ext
 
+from aiplatform.sentry import init_sentry
+
 from .env import database_from_url, env_bool, env_int, env_list, env_str, env_url
 
 # Lets admin and serializer classes be subscripted for type checking (Admin[Model]).
@@ -170,6 +172,9 @@ JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30
 
 # --- Celery (read by aiplatform/celery.py with namespace CELERY_)
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://", "unix://")):
+    # Stock kombu Redis transport minus a per-operation client object (see aiplatform/broker.py).
+    CELERY_BROKER_TRANSPORT = "aiplatform.broker:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -199,7 +204,10 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # No `task-sent` event: it would be a second Redis publish on every submission.
 # Flower still sees received/started/succeeded from the workers' events.
 CELERY_TASK_SEND_SENT_EVENT = False
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events cost a broker publish per task state (about a sixth of a worker's CPU
+# per job). Off by default; Flower switches them on in the workers while it runs
+# (its --enable_events default), and CELERY_TASK_EVENTS=true keeps them on.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "jobs-requeue-stale": {
         "task": "jobs.requeue_stale",
@@ -212,6 +220,7 @@ CELERY_BEAT_SCHEDULE = {
 # --- Sentry (nothing is sent unless SENTRY_DSN is set)
 SENTRY_DSN = env_str("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development")
+init_sentry(dsn=SENTRY_DSN, environment=SENTRY_ENVIRONMENT)
 
 LOGGING = {
     "version": 1,

@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.selectors import Principal
@@ -191,17 +191,22 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
 def job_claim(*, job_id: uuid.UUID) -> Job | None:
     """Atomically take a job for this worker, or None when it is not ours to run:
     already finished or cancelled, or held by a live claim (a duplicate message).
-    A claim whose lease expired (its worker died) may be taken over."""
+    A claim whose lease expired (its worker died) may be taken over.
+
+    One `UPDATE ... RETURNING` (the ORM's update() returns only a count, and a
+    second SELECT would cost a round trip on every job)."""
     now = timezone.now()
     lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    claimed = (
-        Job.objects.filter(pk=job_id, attempts__lt=MAX_CLAIMS)
-        .filter(Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, lease_expires_at__lt=now))
-        .update(status=JobStatus.RUNNING, started_at=now, lease_expires_at=now + lease, attempts=F("attempts") + 1)
+    table = connection.ops.quote_name(Job._meta.db_table)
+    claimed = list(
+        Job.objects.raw(
+            f"UPDATE {table} SET status = %s, started_at = %s, lease_expires_at = %s, attempts = attempts + 1"
+            " WHERE id = %s AND attempts < %s AND (status = %s OR (status = %s AND lease_expires_at < %s))"
+            " RETURNING *",
+            [JobStatus.RUNNING, now, now + lease, job_id, MAX_CLAIMS, JobStatus.QUEUED, JobStatus.RUNNING, now],
+        )
     )
-    if not claimed:
-        return None
-    return Job.objects.get(pk=job_id)
+    return claimed[0] if claimed else None
 
 
 def job_execute(*, job_id: uuid.UUID) -> None:

@@ -66,3 +66,12 @@ def test_production_settings_refuse_to_start_without_required_variables():
     )
     assert result.returncode != 0
     assert "Set the SECRET_KEY environment variable" in result.stderr
+
+
+def test_invalid_sentry_dsn_fails_at_start_naming_the_variable():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "aiplatform.settings.test", "SENTRY_DSN": "not-a-dsn"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "SENTRY_DSN" in result.stderr

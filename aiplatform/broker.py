@@ -1,0 +1,32 @@
+"""Kombu's Redis transport with one change: a channel reuses one redis-py client.
+
+Stock kombu builds a new `redis.Redis` object for every broker operation (each
+publish, ack, QoS update). The connections come from a pool either way, but the
+object itself costs ~0.2 ms of CPU (redis-py fills a table of ~170 response
+callbacks per instance): measured at about 12% of a worker's CPU per job and a
+sizeable part of each submission. A redis-py client is thread-safe (it checks a
+connection out of the pool per command), so one per channel is enough.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+
+class Channel(kombu_redis.Channel):
+    _shared_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self._shared_client
+        if client is None:
+            # Two threads may race here and both build one: harmless, one is dropped.
+            client = self._shared_client = super()._create_client()
+        return client
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
