@@ -3,6 +3,7 @@ repairs jobs whose Celery message was lost."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -68,7 +69,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     earlier job comes back (created=False) when the body matches, and a body that
     differs is a 409.
     """
-    fingerprint = request.fingerprint()
+    fingerprint = request.fingerprint() if idempotency_key else ""
     if idempotency_key:
         replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
         if replay is not None:
@@ -89,18 +90,24 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         request_hash=fingerprint,
         enqueued_at=timezone.now(),
     )
-    try:
-        with transaction.atomic():
-            job.save(force_insert=True)
-            transaction.on_commit(lambda: job_enqueue(job_id=job.id, model=job.model))
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        # A concurrent request with the same key won the insert: answer as its replay.
-        replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
-        if replay is None:
-            raise
-        return replay, False
+    if idempotency_key:
+        try:
+            # A savepoint when the caller holds a transaction: losing the race below
+            # must not abort the caller's work.
+            with transaction.atomic():
+                job.save(force_insert=True)
+        except IntegrityError:
+            # A concurrent request with the same key won the insert: answer as its replay.
+            replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
+            if replay is None:
+                raise
+            return replay, False
+    else:
+        # One autocommitted INSERT: no BEGIN/COMMIT round trips on the hot path.
+        job.save(force_insert=True)
+    # Runs at once in autocommit mode (the row is committed), or when the caller's
+    # transaction commits: a worker never sees a job that is not there.
+    transaction.on_commit(functools.partial(job_enqueue, job_id=job.id, model=job.model))
     return job, True
 
 
