@@ -36,8 +36,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
+bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.submission
+	$(PY) -m bench.worker_pool
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)

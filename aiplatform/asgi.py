@@ -22,7 +22,7 @@ import django
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.signals import request_started
-from django.http import HttpResponseBase
+from django.http import HttpResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
@@ -69,7 +69,11 @@ class ApiHandler(ASGIHandler):
         if response.streaming:
             # API views do not stream; if one ever does, buffer it here, in the thread
             # that owns the request's database connections.
-            response.content = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+            buffered = HttpResponse(b"".join(response.streaming_content), status=response.status_code)  # type: ignore[attr-defined]
+            for header, value in response.items():
+                buffered[header] = value
+            response.close()
+            response = buffered
         # Closing sends request_finished, which returns the DB connection to the pool:
         # it must happen in this thread, and the rendered bytes no longer need it.
         response.close()

@@ -118,7 +118,9 @@ class Platform:
 
 
 @contextlib.contextmanager
-def platform(*, llm_concurrency: int = 32, web_workers: int = 1) -> Iterator[Platform]:
+def platform(
+    *, llm_concurrency: int = 32, llm_pool: str = "threads", upstream_latency_ms: int = 0, web_workers: int = 1
+) -> Iterator[Platform]:
     """A whole platform on private ports, torn down afterwards (the data dir stays)."""
     DATADIR.mkdir(parents=True, exist_ok=True)
     services = embedded.start(DATADIR, pg_port=free_port(), redis_port=free_port(), dbname="bench")
@@ -134,7 +136,18 @@ def platform(*, llm_concurrency: int = 32, web_workers: int = 1) -> Iterator[Pla
     )
     plat = Platform(env=env, web_port=free_port(), upstream_port=free_port())
     try:
-        plat.start("upstream", [sys.executable, "-m", "devtools.upstream", "--port", str(plat.upstream_port)])
+        plat.start(
+            "upstream",
+            [
+                sys.executable,
+                "-m",
+                "devtools.upstream",
+                "--port",
+                str(plat.upstream_port),
+                "--latency-ms",
+                str(upstream_latency_ms),
+            ],
+        )
         plat.manage("migrate_schemas", "--noinput", "-v", "0")
         plat.manage("seed_demo", "--local-base-url", f"http://127.0.0.1:{plat.upstream_port}/v1")
         # The catalog may hold another run's upstream port: point local-small at this one.
@@ -152,6 +165,7 @@ def platform(*, llm_concurrency: int = 32, web_workers: int = 1) -> Iterator[Pla
             "WEB_CONCURRENCY": str(web_workers),
             "LLM_QUEUES": "llm.local-small",
             "LLM_WORKER_CONCURRENCY": str(llm_concurrency),
+            "LLM_WORKER_POOL": llm_pool,
         }
         plat.start("web", expand(procfile["web"], proc_env))
         plat.start("worker-llm", expand(procfile["worker-llm"], proc_env))

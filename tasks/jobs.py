@@ -18,11 +18,16 @@ logger = logging.getLogger(__name__)
 def job_run(*, job_id: str, model: str) -> None:
     """Run one job; `model` is only here for the router (tasks/queues.py). No Celery
     retry: a failed provider call ends the job, and a redelivery after a crash is
-    handled by the job's own claim."""
+    handled by the job's own claim. Anything unexpected fails the job (so it does
+    not sit in `running` until its lease runs out) and is re-raised for Sentry."""
+    pk = uuid.UUID(job_id)
     try:
-        job_execute(job_id=uuid.UUID(job_id))
+        job_execute(job_id=pk)
     except SoftTimeLimitExceeded:
-        job_fail(job_id=uuid.UUID(job_id), error_type="timeout", message="The job exceeded its time limit.")
+        job_fail(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
+    except Exception:
+        job_fail(job_id=pk, error_type="internal_error", message="The worker failed while running this job.")
+        raise
 
 
 @app.task(name="jobs.requeue_stale", ignore_result=True)

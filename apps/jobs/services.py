@@ -218,7 +218,9 @@ def job_claim(*, job_id: uuid.UUID) -> Job | None:
 
 def job_execute(*, job_id: uuid.UUID) -> None:
     """Run a job end to end. Idempotent: a redelivered message for a job that is
-    finished, cancelled or running elsewhere makes no provider call."""
+    finished, cancelled or running elsewhere makes no provider call. Provider
+    failures end the job as `failed`; anything else propagates to the caller (the
+    task), which decides how to record it."""
     job = job_claim(job_id=job_id)
     if job is None:
         logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
@@ -231,9 +233,6 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     except ProviderError as exc:
         job_fail(job_id=job.pk, error_type=exc.error_type, message=exc.message, status=exc.status, code=exc.code)
         return
-    except Exception:
-        job_fail(job_id=job.pk, error_type="internal_error", message="The worker failed while running this job.")
-        raise
     _job_succeed(job_id=job.pk, result=result)
 
 
