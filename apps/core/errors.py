@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -92,6 +93,13 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        exc = ApiError(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+            " (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            code="request_too_large",
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, ApiError):
         body = error_body(error_type=exc.error_type, code=exc.code, message=exc.message, param=exc.param)
         return Response(body, status=exc.status_code, headers=exc.headers)

@@ -297,3 +297,10 @@ def test_openapi_schema_declares_bearer_auth(db):
     assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
     assert "/api/v1/jobs" in schema["paths"]
     assert "/api/v1/jobs/{job_id}/cancel" in schema["paths"]
+
+
+def test_body_over_the_upload_limit_is_413_in_the_api_error_shape(personas: Personas, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 20_000}]}
+    error = assert_error(post_job(personas.alice.client(), big), 413, "request_too_large")
+    assert "10000" in error["message"]
