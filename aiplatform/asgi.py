@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.signals import request_started
@@ -48,7 +49,7 @@ class ApiHandler(ASGIHandler):
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         try:
             body_file = await self.read_body(receive)
-        except Exception:  # RequestAborted: the client left before sending its body
+        except RequestAborted:  # the client left before sending its whole body
             return
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
