@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
 
@@ -30,3 +31,11 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """Serve `redis://` and `rediss://` broker URLs with this transport. Registered
+    under kombu's own aliases (not a `module:Class` transport name) so the broker
+    URL keeps its scheme: Flower reads queue lengths by that scheme."""
+    kombu_transport.TRANSPORT_ALIASES["redis"] = "aiplatform.broker:Transport"
+    kombu_transport.TRANSPORT_ALIASES["rediss"] = "aiplatform.broker:Transport"

@@ -6,8 +6,11 @@ import os
 from celery.signals import worker_ready
 from tenant_schemas_celery.app import CeleryApp
 
+from aiplatform.broker import install as install_broker_transport
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
 
+install_broker_transport()
 app = CeleryApp("aiplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 

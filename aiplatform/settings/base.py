@@ -175,9 +175,6 @@ JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30
 
 # --- Celery (read by aiplatform/celery.py with namespace CELERY_)
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
-if CELERY_BROKER_URL.startswith(("redis://", "rediss://", "unix://")):
-    # Stock kombu Redis transport minus a per-operation client object (see aiplatform/broker.py).
-    CELERY_BROKER_TRANSPORT = "aiplatform.broker:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -75,3 +75,12 @@ def test_invalid_sentry_dsn_fails_at_start_naming_the_variable():
     )
     assert result.returncode != 0
     assert "SENTRY_DSN" in result.stderr
+
+
+def test_redis_broker_uses_our_transport_and_keeps_its_url_scheme():
+    from aiplatform.broker import Transport
+
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        # Flower picks its broker client (queue lengths) by this scheme.
+        assert connection.as_uri().startswith("redis://")
