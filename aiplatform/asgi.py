@@ -81,6 +81,12 @@ class ApiHandler(ASGIHandler):
         return response
 
 
+def _is_stream(scope: Scope) -> bool:
+    """Long-lived async responses (server-sent events) take Django's stock
+    handler, which runs async views natively and notices client disconnects."""
+    return bool(scope["path"].endswith("/events"))
+
+
 class Router:
     def __init__(self) -> None:
         self.api = ApiHandler(threads=settings.WEB_THREADS)
@@ -90,7 +96,7 @@ class Router:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES):
+        elif scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES) and not _is_stream(scope):
             await self.api(scope, receive, send)
         else:
             await self.django(scope, receive, send)

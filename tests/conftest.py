@@ -26,6 +26,7 @@ from apps.tenants.db import tenant_connection
 from apps.tenants.models import Tenant
 from apps.tenants.selectors import tenant_route_cache_clear
 from apps.tenants.services import tenant_create
+from devtools.serve import ThreadedUvicorn
 from devtools.upstream import UpstreamServer
 from tests.support import Persona, Personas
 
@@ -149,6 +150,17 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
 @pytest.fixture
 def committed_personas(committed_db: None, platform: dict[str, Tenant]) -> Personas:
     return _personas(platform)
+
+
+@pytest.fixture(scope="session")
+def platform_server(platform: dict[str, Tenant]) -> Iterator[ThreadedUvicorn]:
+    """The platform's real ASGI app under uvicorn, on a free loopback port."""
+    from aiplatform.asgi import application
+
+    server = ThreadedUvicorn(application, name="platform")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

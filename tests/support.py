@@ -7,9 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from rest_framework.test import APIClient
 
 from apps.tenants.models import Tenant
+from devtools.serve import ThreadedUvicorn
 
 
 @dataclass
@@ -52,3 +54,30 @@ def job_until_final(client: APIClient, job_id: str, *, timeout: float = 15.0) ->
 
     result: dict[str, Any] = wait_for(final, timeout=timeout)
     return result
+
+
+def http_client(server: ThreadedUvicorn, key: str | None = None, **kwargs: Any) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=10, trust_env=False, **kwargs)
+
+
+def sse_events(response: httpx.Response, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Read server-sent events (id, parsed data) until the server closes the stream
+    or `limit` events have arrived. Comment lines (heartbeats) are skipped."""
+    import json
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    event_id, data = "", ""
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and data:
+            events.append((event_id, json.loads(data)))
+            event_id, data = "", ""
+            if limit is not None and len(events) >= limit:
+                break
+    return events

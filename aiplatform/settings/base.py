@@ -173,6 +173,16 @@ LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimu
 # (its message may have been lost with Redis).
 JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30)
 
+# Job event streams (Redis Streams, one per job; see apps/jobs/events.py).
+# Deltas are merged into at most one entry per this many ms per job.
+JOB_STREAM_COALESCE_MS = env_int("JOB_STREAM_COALESCE_MS", 25, minimum=0)
+# Cap per stream: a long answer still fits (entries are coalesced), memory is bounded.
+JOB_STREAM_MAXLEN = env_int("JOB_STREAM_MAXLEN", 2000, minimum=10)
+# A finished job's stream is kept this long for late listeners; then Postgres serves it.
+JOB_STREAM_TTL_SECONDS = env_int("JOB_STREAM_TTL_SECONDS", 3600, minimum=1)
+# A comment line this often keeps idle SSE connections (and proxies) from timing out.
+SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
+
 # --- Celery (read by aiplatform/celery.py with namespace CELERY_)
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
 CELERY_TASK_SERIALIZER = "json"

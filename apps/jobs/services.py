@@ -20,9 +20,10 @@ from django.utils import timezone
 from apps.accounts.selectors import Principal
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from apps.llm.providers import ChatResult, ProviderError, chat_complete
+from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens
 
+from .events import EventRelay, job_events_close
 from .models import Job, JobStatus
 from .selectors import job_get
 
@@ -182,6 +183,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     if not cancelled:
         job.refresh_from_db(fields=["status"])
         raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
+    job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
     if job.status == JobStatus.QUEUED:
         # Workers drop a revoked message unrun; one that races past the revoke
         # still finds the job cancelled and does nothing.
@@ -226,37 +228,51 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return
     spec = model_get(job.model)
+    relay = EventRelay(job_id=job.pk)
     try:
         if spec is None or not spec.enabled:
             raise ProviderError("model_unavailable", f"Model {job.model!r} was disabled after the job was queued.")
-        result = chat_complete(spec, messages=job.messages, params=job.params)
+        # Always streamed: listeners get tokens as they arrive (through the relay),
+        # and a broken stream is caught instead of returned as a short answer.
+        result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
     except ProviderError as exc:
         job_fail(job_id=job.pk, error_type=exc.error_type, message=exc.message, status=exc.status, code=exc.code)
         return
-    _job_succeed(job_id=job.pk, result=result)
+    if _job_succeed(job_id=job.pk, result=result):
+        relay.final(
+            {
+                "type": "usage",
+                "input_tokens": result.input_tokens,
+                "output_tokens": result.output_tokens,
+                "estimated": result.usage_estimated,
+            },
+            {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
+        )
 
 
-def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> None:
+def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> bool:
     # Guarded by status: a job cancelled while the provider answered stays cancelled.
-    Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=JobStatus.SUCCEEDED,
-        output=result.output,
-        finish_reason=result.finish_reason,
-        input_tokens=result.input_tokens,
-        output_tokens=result.output_tokens,
-        usage_estimated=result.usage_estimated,
-        provider_latency_ms=result.latency_ms,
-        response_model=result.response_model,
-        response_id=result.response_id,
-        finished_at=timezone.now(),
-        lease_expires_at=None,
+    return bool(
+        Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            status=JobStatus.SUCCEEDED,
+            output=result.output,
+            finish_reason=result.finish_reason,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            usage_estimated=result.usage_estimated,
+            provider_latency_ms=result.latency_ms,
+            response_model=result.response_model,
+            response_id=result.response_id,
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+        )
     )
 
 
 def job_fail(
     *, job_id: uuid.UUID, error_type: str, message: str, status: int | None = None, code: str | None = None
 ) -> None:
-    Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+    failed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
         status=JobStatus.FAILED,
         error_type=error_type,
         error_code=code or "",
@@ -265,6 +281,10 @@ def job_fail(
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
+    if failed:
+        EventRelay(job_id=job_id).final(
+            {"type": "error", "error_type": error_type, "message": message, "provider_status": status}
+        )
 
 
 # --- Sweep (beat, once a minute per tenant) -----------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,19 +72,53 @@ def provider_client(spec: ModelSpec) -> openai.OpenAI:
     return _client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
 
 
-def chat_complete(spec: ModelSpec, *, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> ChatResult:
-    """One non-streaming chat completion. Raises ProviderError on any failure."""
+def chat_stream(
+    spec: ModelSpec,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    on_delta: Callable[[str], None],
+) -> ChatResult:
+    """One streamed chat completion: `on_delta` gets each piece of text as it
+    arrives. Usage comes from the provider's final usage chunk when it sends one
+    (`stream_options.include_usage`); servers that never do (llama.cpp) get their
+    usage counted with tiktoken and marked estimated. A stream that breaks before
+    its finish reason is a failure, never a silently truncated answer."""
     client = provider_client(spec)
     started = time.perf_counter()
+    pieces: list[str] = []
+    finish_reason: str | None = None
+    usage = None
+    response_model = spec.provider_model_name
+    response_id = ""
     try:
-        response = client.chat.completions.create(
+        stream = client.chat.completions.create(  # type: ignore[call-overload]
             model=spec.provider_model_name,
-            messages=list(messages),  # type: ignore[arg-type]
+            messages=list(messages),
+            stream=True,
+            stream_options={"include_usage": True},
             **dict(params),
         )
+        with stream:
+            for chunk in stream:
+                response_id = chunk.id or response_id
+                response_model = chunk.model or response_model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices[:1]:
+                    text = choice.delta.content if choice.delta else None
+                    if text:
+                        pieces.append(text)
+                        on_delta(text)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
     except openai.APITimeoutError as exc:
         raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
     except openai.APIConnectionError as exc:
+        if pieces:
+            raise ProviderError(
+                "provider_stream_broken", f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}"
+            ) from exc
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
@@ -92,27 +126,24 @@ def chat_complete(spec: ModelSpec, *, messages: Sequence[Mapping[str, Any]], par
         ) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc)) from exc
-    latency_ms = int((time.perf_counter() - started) * 1000)
-
-    if not response.choices:
-        raise ProviderError("provider_bad_response", f"{spec.slug} answered with no choices.")
-    choice = response.choices[0]
-    output = choice.message.content or ""
-    usage = response.usage
+    if finish_reason is None:
+        raise ProviderError(
+            "provider_stream_broken", f"The stream from {spec.slug} ended without a finish reason (truncated answer)."
+        )
+    output = "".join(pieces)
     if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
         input_tokens, output_tokens, estimated = usage.prompt_tokens, usage.completion_tokens, False
     else:
-        # Some servers answer without usage; count it ourselves and say so.
         input_tokens, output_tokens, estimated = count_message_tokens(messages), count_text_tokens(output), True
     return ChatResult(
         output=output,
-        finish_reason=choice.finish_reason or "stop",
+        finish_reason=finish_reason,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         usage_estimated=estimated,
-        latency_ms=latency_ms,
-        response_model=response.model or spec.provider_model_name,
-        response_id=response.id or "",
+        latency_ms=int((time.perf_counter() - started) * 1000),
+        response_model=response_model,
+        response_id=response_id,
     )
 
 

@@ -43,7 +43,7 @@ def test_job_runs_on_worker_and_stores_output_and_usage(worker, committed_person
 
 
 def test_usage_is_counted_and_marked_estimated_when_provider_omits_it(worker, committed_personas: Personas, upstream):
-    upstream.configure(nonstream_usage=False)
+    upstream.configure(stream_usage=False)  # like llama.cpp: no usage chunk in the stream
     client = committed_personas.alice.client()
     final = job_until_final(client, _submit(client)["id"])
 

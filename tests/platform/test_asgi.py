@@ -7,27 +7,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from devtools.serve import ThreadedUvicorn
-from tests.support import Personas, wait_for
+from tests.support import Personas, http_client, wait_for
 
 CHAT = {"model": "local-small", "messages": [{"role": "user", "content": "over the wire"}]}
 
 
-@pytest.fixture(scope="module")
-def platform_server(platform):
-    from aiplatform.asgi import application
-
-    server = ThreadedUvicorn(application, name="platform")
-    server.start()
-    yield server
-    server.stop()
-
-
 def _client(server: ThreadedUvicorn, key: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=server.url, headers=headers, timeout=10, trust_env=False)
+    return http_client(server, key)
 
 
 def test_submit_and_poll_over_http_runs_on_the_worker(platform_server, worker, committed_personas: Personas):

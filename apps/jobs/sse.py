@@ -1,0 +1,146 @@
+"""`GET /api/v1/jobs/{id}/events`: a job's events as server-sent events.
+
+An async view under ASGI (served by Django's stock handler, not the sync API
+handler): it replays the job's Redis Stream from the start, from `Last-Event-ID`
+or from `?after=`, then blocks on XREAD until `done` or `error`, and closes. A
+comment line every SSE_HEARTBEAT_SECONDS keeps the connection open through
+proxies. A job whose stream has expired is served from Postgres as one `delta`
+and a `done`. A client that disconnects cancels nothing: the job runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+
+from apps.accounts.authentication import InvalidKey, principal_from_header
+from apps.core.errors import error_body
+from apps.tenants.db import current_schema
+
+from .events import FINAL_EVENTS, stream_key
+from .models import FINAL_STATUSES, Job
+from .selectors import job_get
+
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Synthetic ids for a job served from Postgres (its stream expired): below any
+# real entry id, so a client resuming from them never skips real events.
+FALLBACK_DELTA_ID, FALLBACK_DONE_ID = "0-1", "0-2"
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def _redis() -> aioredis.Redis:
+    """One asyncio Redis client (and pool) per event loop."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL)
+    return client
+
+
+def _authorize(header: str, job_id: str) -> tuple[str, Job | None]:
+    """(schema, the caller's job or None); raises InvalidKey. Runs in a thread:
+    it may query Postgres (key and job lookups)."""
+    principal = principal_from_header(header)
+    if principal is None:
+        raise InvalidKey("Send your API key: 'Authorization: Bearer aip_...'.")
+    return current_schema(), job_get(principal=principal, job_id=job_id)
+
+
+def _sse(event_id: str, data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event_id}\ndata: {payload}\n\n".encode()
+
+
+def _from_postgres(job: Job) -> list[bytes]:
+    events = []
+    if job.output:
+        events.append(_sse(FALLBACK_DELTA_ID, {"type": "delta", "text": job.output}))
+    if job.error_type:
+        events.append(
+            _sse(
+                FALLBACK_DONE_ID,
+                {
+                    "type": "error",
+                    "error_type": job.error_type,
+                    "message": job.error_message,
+                    "provider_status": job.error_status,
+                },
+            )
+        )
+    else:
+        events.append(
+            _sse(FALLBACK_DONE_ID, {"type": "done", "status": job.status, "finish_reason": job.finish_reason or None})
+        )
+    return events
+
+
+async def _events(schema: str, job: Job, after: str) -> AsyncIterator[bytes]:
+    key = stream_key(schema=schema, job_id=job.pk)
+    client = _redis()
+    heartbeat_ms = settings.SSE_HEARTBEAT_SECONDS * 1000
+    try:
+        if after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key):
+            # Nothing in Redis: a job that ended long ago is served from Postgres;
+            # otherwise its worker has not started writing yet and XREAD waits.
+            job = await sync_to_async(Job.objects.get)(pk=job.pk)
+            if job.status in FINAL_STATUSES:
+                for event in _from_postgres(job):
+                    yield event
+                return
+        last = after
+        while True:
+            response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
+            if not response:
+                yield b": keep-alive\n\n"
+                job = await sync_to_async(Job.objects.get)(pk=job.pk)
+                if job.status in FINAL_STATUSES and not await client.exists(key):
+                    for event in _from_postgres(job):  # the stream expired while we waited
+                        yield event
+                    return
+                continue
+            for entry_id, fields in response[0][1]:
+                last = entry_id.decode()
+                data = fields[b"d"].decode()
+                yield _sse(last, data)
+                if json.loads(data)["type"] in FINAL_EVENTS:
+                    return
+    except asyncio.CancelledError:
+        # The client went away: the handler cancels this generator. Nothing to
+        # undo (the pooled Redis connection is returned); the job runs on.
+        raise
+
+
+async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
+    try:
+        schema, job = await sync_to_async(_authorize)(request.headers.get("Authorization", ""), job_id)
+    except InvalidKey as exc:
+        body = error_body(error_type="authentication_error", code="invalid_api_key", message=str(exc))
+        return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if job is None:
+        body = error_body(
+            error_type="invalid_request_error", code="not_found", message=f"No job with id {job_id}.", param="id"
+        )
+        return JsonResponse(body, status=404)
+    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
+    if not STREAM_ID.match(after):
+        body = error_body(
+            error_type="invalid_request_error",
+            code="invalid_event_id",
+            message=f"Last-Event-ID / after must look like '1700000000000-0', got {after!r}.",
+            param="Last-Event-ID",
+        )
+        return JsonResponse(body, status=400)
+    response = StreamingHttpResponse(_events(schema, job, after), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
