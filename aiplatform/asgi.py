@@ -82,9 +82,10 @@ class ApiHandler(ASGIHandler):
 
 
 def _is_stream(scope: Scope) -> bool:
-    """Long-lived async responses (server-sent events) take Django's stock
-    handler, which runs async views natively and notices client disconnects."""
-    return bool(scope["path"].endswith("/events"))
+    """Long-lived async responses (server-sent events, /v1 chat completions that
+    follow a job's stream) take Django's stock handler, which runs async views
+    natively and notices client disconnects."""
+    return bool(scope["path"].endswith("/events") or scope["path"] == "/v1/chat/completions")
 
 
 class Router:

@@ -183,6 +183,10 @@ JOB_STREAM_TTL_SECONDS = env_int("JOB_STREAM_TTL_SECONDS", 3600, minimum=1)
 # A comment line this often keeps idle SSE connections (and proxies) from timing out.
 SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 
+# A non-stream /v1/chat/completions waits this long for its job, then answers 504
+# with the job id (x-aip-job-id) so the client can poll the async API.
+V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 600, minimum=1)
+
 # --- Celery (read by aiplatform/celery.py with namespace CELERY_)
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
 CELERY_TASK_SERIALIZER = "json"

@@ -92,6 +92,15 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
     return (path or None, "invalid", str(detail))
 
 
+def validation_error_body(exc: exceptions.ValidationError) -> dict[str, Any]:
+    param, code, message = _first_validation_error(exc.detail)
+    return error_body(error_type="invalid_request_error", code=code, message=message, param=param)
+
+
+def api_error_body(exc: ApiError) -> dict[str, Any]:
+    return error_body(error_type=exc.error_type, code=exc.code, message=exc.message, param=exc.param)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         exc = ApiError(
@@ -101,8 +110,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, ApiError):
-        body = error_body(error_type=exc.error_type, code=exc.code, message=exc.message, param=exc.param)
-        return Response(body, status=exc.status_code, headers=exc.headers)
+        return Response(api_error_body(exc), status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -112,8 +120,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        param, code, message = _first_validation_error(exc.detail)
-        response.data = error_body(error_type="invalid_request_error", code=code, message=message, param=param)
+        response.data = validation_error_body(exc)
         return response
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         response.status_code = status.HTTP_401_UNAUTHORIZED

@@ -61,63 +61,67 @@ def _sse(event_id: str, data: dict[str, Any] | str) -> bytes:
     return f"id: {event_id}\ndata: {payload}\n\n".encode()
 
 
-def _from_postgres(job: Job) -> list[bytes]:
-    events = []
+def _from_postgres(job: Job) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
     if job.output:
-        events.append(_sse(FALLBACK_DELTA_ID, {"type": "delta", "text": job.output}))
+        events.append((FALLBACK_DELTA_ID, {"type": "delta", "text": job.output}))
     if job.error_type:
-        events.append(
-            _sse(
-                FALLBACK_DONE_ID,
-                {
-                    "type": "error",
-                    "error_type": job.error_type,
-                    "message": job.error_message,
-                    "provider_status": job.error_status,
-                },
-            )
-        )
+        error = {
+            "type": "error",
+            "error_type": job.error_type,
+            "message": job.error_message,
+            "provider_status": job.error_status,
+        }
+        events.append((FALLBACK_DONE_ID, error))
     else:
-        events.append(
-            _sse(FALLBACK_DONE_ID, {"type": "done", "status": job.status, "finish_reason": job.finish_reason or None})
-        )
+        done = {"type": "done", "status": job.status, "finish_reason": job.finish_reason or None}
+        events.append((FALLBACK_DONE_ID, done))
     return events
 
 
-async def _events(schema: str, job: Job, after: str) -> AsyncIterator[bytes]:
+# Yielded by job_event_stream when nothing arrived for SSE_HEARTBEAT_SECONDS.
+HEARTBEAT = ("", {"type": "heartbeat"})
+
+
+async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A job's events as (entry id, event) from `after` on, ending with `done` or
+    `error`; HEARTBEAT while nothing happens. Shared by the SSE endpoint and the
+    OpenAI-compatible /v1/chat/completions."""
     key = stream_key(schema=schema, job_id=job.pk)
     client = _redis()
     heartbeat_ms = settings.SSE_HEARTBEAT_SECONDS * 1000
-    try:
-        if after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key):
-            # Nothing in Redis: a job that ended long ago is served from Postgres;
-            # otherwise its worker has not started writing yet and XREAD waits.
+    if after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key):
+        # Nothing in Redis: a job that ended long ago is served from Postgres;
+        # otherwise its worker has not started writing yet and XREAD waits.
+        job = await sync_to_async(Job.objects.get)(pk=job.pk)
+        if job.status in FINAL_STATUSES:
+            for event in _from_postgres(job):
+                yield event
+            return
+    last = after
+    while True:
+        response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
+        if not response:
+            yield HEARTBEAT
             job = await sync_to_async(Job.objects.get)(pk=job.pk)
-            if job.status in FINAL_STATUSES:
-                for event in _from_postgres(job):
+            if job.status in FINAL_STATUSES and not await client.exists(key):
+                for event in _from_postgres(job):  # the stream expired while we waited
                     yield event
                 return
-        last = after
-        while True:
-            response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
-            if not response:
-                yield b": keep-alive\n\n"
-                job = await sync_to_async(Job.objects.get)(pk=job.pk)
-                if job.status in FINAL_STATUSES and not await client.exists(key):
-                    for event in _from_postgres(job):  # the stream expired while we waited
-                        yield event
-                    return
-                continue
-            for entry_id, fields in response[0][1]:
-                last = entry_id.decode()
-                data = fields[b"d"].decode()
-                yield _sse(last, data)
-                if json.loads(data)["type"] in FINAL_EVENTS:
-                    return
-    except asyncio.CancelledError:
-        # The client went away: the handler cancels this generator. Nothing to
-        # undo (the pooled Redis connection is returned); the job runs on.
-        raise
+            continue
+        for entry_id, fields in response[0][1]:
+            last = entry_id.decode()
+            event = json.loads(fields[b"d"])
+            yield last, event
+            if event["type"] in FINAL_EVENTS:
+                return
+
+
+async def _sse_body(schema: str, job: Job, after: str) -> AsyncIterator[bytes]:
+    # When the client goes away the handler cancels this generator: nothing to
+    # undo (the pooled Redis connection is returned), and the job runs on.
+    async for event_id, event in job_event_stream(schema, job, after):
+        yield b": keep-alive\n\n" if event is HEARTBEAT[1] else _sse(event_id, event)
 
 
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
@@ -140,7 +144,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             param="Last-Event-ID",
         )
         return JsonResponse(body, status=400)
-    response = StreamingHttpResponse(_events(schema, job, after), content_type="text/event-stream")
+    response = StreamingHttpResponse(_sse_body(schema, job, after), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

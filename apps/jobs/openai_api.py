@@ -1,0 +1,250 @@
+"""The OpenAI-compatible API under /v1, for clients that speak OpenAI's protocol
+(the official SDKs with only `base_url` and the key changed).
+
+`POST /v1/chat/completions` is the same job pipeline as /api/v1/jobs: it creates
+a job (a worker makes the call) and then follows the job's event stream, either
+relaying it as `chat.completion.chunk` events or waiting for `done` and answering
+one `chat.completion`. The job id is in the `x-aip-job-id` header, so the async
+API can find the job later. Errors use OpenAI's body and status codes, so SDKs
+raise their usual exception classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.authentication import InvalidKey, principal_from_header
+from apps.catalog.selectors import models_enabled
+from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
+from apps.tenants.db import current_schema
+
+from .models import Job, JobStatus
+from .serializers import JobCreateSerializer
+from .services import JobRequest, job_submit
+from .sse import HEARTBEAT, job_event_stream
+
+SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
+JOB_ID_HEADER = "x-aip-job-id"
+
+
+def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JsonResponse:
+    return JsonResponse(body, status=status, headers=headers)
+
+
+def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
+    """OpenAI's chat request -> (JobRequest, stream, include_usage). Raises
+    InvalidRequest or a DRF ValidationError naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    body = dict(body)
+    stream = body.pop("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be true or false.", param="stream")
+    options = body.pop("stream_options", None) or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("stream_options must be an object.", param="stream_options")
+    include_usage = bool(options.get("include_usage"))
+    if body.pop("n", 1) != 1:
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    if "max_completion_tokens" in body:
+        if "max_tokens" in body:
+            raise InvalidRequest("Send max_tokens or max_completion_tokens, not both.", param="max_completion_tokens")
+        body["max_tokens"] = body.pop("max_completion_tokens")
+    user = body.pop("user", None)
+    if user is not None:
+        body["metadata"] = {**(body.get("metadata") or {}), "openai_user": str(user)[:512]}
+    serializer = JobCreateSerializer(data=body)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    request = JobRequest(
+        model=data["model"],
+        messages=data["messages"],
+        params={name: data[name] for name in SAMPLING_PARAMS if name in data},
+        metadata=data.get("metadata", {}),
+        stream=stream,
+    )
+    return request, stream, include_usage
+
+
+def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
+    """Authenticate and create the job (in a thread: Postgres and Redis)."""
+    principal = principal_from_header(header)
+    if principal is None:
+        raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
+    try:
+        body = json.loads(raw_body or b"null")
+    except ValueError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="parse_error") from exc
+    request, stream, include_usage = _chat_request(body)
+    try:
+        job, _ = job_submit(principal=principal, request=request)
+    except ApiError as exc:
+        if exc.code == "model_not_found":
+            exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
+        raise
+    return current_schema(), job, stream, include_usage
+
+
+def _completion_id(job: Job) -> str:
+    return f"chatcmpl-{job.pk.hex}"
+
+
+def _usage(job: Job) -> dict[str, int]:
+    prompt, completion = job.input_tokens or 0, job.output_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _failure(job: Job) -> tuple[int, dict[str, Any]]:
+    """A failed or cancelled job as an OpenAI error: the provider's rate limit stays
+    a 429, its other failures are a 502, a cancel a 409."""
+    if job.status == JobStatus.CANCELLED:
+        return 409, error_body(
+            error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled."
+        )
+    status = 429 if job.error_status == 429 else (504 if job.error_type == "provider_timeout" else 502)
+    error_type = "rate_limit_error" if status == 429 else "server_error"
+    return status, error_body(error_type=error_type, code=job.error_type, message=job.error_message)
+
+
+@csrf_exempt  # an API authenticated by bearer key, not a browser form
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    if request.method != "POST":
+        return _json_error(
+            405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
+        )
+    try:
+        schema, job, stream, include_usage = await sync_to_async(_submit)(
+            request.headers.get("Authorization", ""), request.body
+        )
+    except InvalidKey as exc:
+        body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
+        return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+    except ApiError as exc:
+        return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+    except exceptions.ValidationError as exc:
+        return _json_error(400, validation_error_body(exc))
+    headers = {JOB_ID_HEADER: str(job.pk)}
+    if stream:
+        response = StreamingHttpResponse(_chunks(schema, job, include_usage), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        response[JOB_ID_HEADER] = str(job.pk)
+        return response
+    try:
+        async with asyncio.timeout(settings.V1_WAIT_TIMEOUT_SECONDS):
+            async for _, event in job_event_stream(schema, job):
+                if event["type"] in ("done", "error"):
+                    break
+    except TimeoutError:
+        body = error_body(
+            error_type="server_error",
+            code="timeout",
+            message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; "
+            f"poll GET /api/v1/jobs/{job.pk}.",
+        )
+        return _json_error(504, body, headers)
+    job = await sync_to_async(Job.objects.get)(pk=job.pk)
+    if job.status != JobStatus.SUCCEEDED:
+        status, body = _failure(job)
+        return _json_error(status, body, headers)
+    completion = {
+        "id": _completion_id(job),
+        "object": "chat.completion",
+        "created": int(job.created_at.timestamp()),
+        "model": job.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": job.output, "refusal": None},
+                "finish_reason": job.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(job),
+    }
+    return JsonResponse(completion, headers=headers)
+
+
+def _chunk(job: Job, created: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    chunk = {
+        "id": _completion_id(job),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": job.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[bytes]:
+    """The job's events in OpenAI's chunk format: a role chunk, content chunks, a
+    finish chunk, the usage chunk when asked for, then `data: [DONE]`. A failed job
+    sends an `error` event (the SDK raises it) and no [DONE]."""
+    created = int(time.time())
+    yield _chunk(job, created, {"role": "assistant", "content": ""})
+    usage: dict[str, int] | None = None
+    async for _, event in job_event_stream(schema, job):
+        kind = event["type"]
+        if event is HEARTBEAT[1]:
+            yield b": keep-alive\n\n"
+        elif kind == "delta":
+            yield _chunk(job, created, {"content": event["text"]})
+        elif kind == "usage":
+            usage = {
+                "prompt_tokens": event["input_tokens"],
+                "completion_tokens": event["output_tokens"],
+                "total_tokens": event["input_tokens"] + event["output_tokens"],
+            }
+        elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
+            yield _chunk(job, created, {}, event["finish_reason"] or "stop")
+            if include_usage:
+                if usage is None:  # served from Postgres after the stream expired
+                    usage = _usage(await sync_to_async(Job.objects.get)(pk=job.pk))
+                final = {
+                    "id": _completion_id(job),
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": job.model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        else:  # error, or done with status cancelled
+            _, body = _failure(await sync_to_async(Job.objects.get)(pk=job.pk))
+            yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ModelListApi(APIView):
+    """`GET /v1/models`: the models this tenant may use."""
+
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [_model(spec.slug) for spec in models_enabled()]})
+
+
+class ModelDetailApi(APIView):
+    def get(self, request: Request, model_id: str) -> Response:
+        if model_id not in {spec.slug for spec in models_enabled()}:
+            raise NotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        return Response(_model(model_id))
+
+
+def _model(slug: str) -> dict[str, Any]:
+    return {"id": slug, "object": "model", "created": 0, "owned_by": "aiplatform"}

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from .openai_api import ModelDetailApi, ModelListApi, chat_completions
+
+urlpatterns = [
+    path("chat/completions", chat_completions, name="v1-chat-completions"),
+    path("models", ModelListApi.as_view(), name="v1-models"),
+    path("models/<str:model_id>", ModelDetailApi.as_view(), name="v1-model"),
+]
