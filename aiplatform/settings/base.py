@@ -187,6 +187,15 @@ SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 # with the job id (x-aip-job-id) so the client can poll the async API.
 V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 600, minimum=1)
 
+# Completion webhooks (apps/jobs/webhooks.py).
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# 8 attempts with a 5 s base: the last one about 10 minutes after the first.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS: float = env_int("WEBHOOK_RETRY_BASE_SECONDS", 5, minimum=0)
+# Non-public networks webhooks may still target (CIDRs), e.g. "10.0.0.0/8" for an
+# internal receiver. Empty: only public addresses.
+WEBHOOK_ALLOWED_NETWORKS = env_list("WEBHOOK_ALLOWED_NETWORKS", [])
+
 # --- Celery (read by aiplatform/celery.py with namespace CELERY_)
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "unix"))
 CELERY_TASK_SERIALIZER = "json"
@@ -257,6 +266,6 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aiplatform@localhost")
 
 # Task modules, declared once (a worker imports them all at start).
-CELERY_IMPORTS = ("tasks.jobs",)
+CELERY_IMPORTS = ("tasks.jobs", "tasks.webhooks")
 # Workers cache tenant rows by schema instead of querying the public schema per task.
 CELERY_TASK_TENANT_CACHE_SECONDS = 60

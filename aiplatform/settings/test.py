@@ -24,3 +24,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LLM_REQUEST_TIMEOUT_SECONDS = 10
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = None  # type: ignore[assignment]
+# Tests run their webhook receivers on loopback, and retry fast.
+WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+WEBHOOK_RETRY_BASE_SECONDS = 0.2

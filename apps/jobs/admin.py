@@ -2,7 +2,17 @@ from django.contrib import admin
 
 from apps.core.admin_sites import tenant_site
 
-from .models import Job
+from .models import Job, WebhookDelivery
+
+
+class WebhookDeliveryInline(admin.TabularInline[WebhookDelivery, Job]):
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    readonly_fields = ("attempt", "url", "status_code", "error", "succeeded", "created_at")
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(Job, site=tenant_site)
@@ -21,6 +31,7 @@ class JobAdmin(admin.ModelAdmin[Job]):
     search_fields = ("id", "user__email")
     date_hierarchy = "created_at"
     list_select_related = ("user",)
+    inlines = (WebhookDeliveryInline,)
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         return [field.name for field in Job._meta.fields]

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from apps.core.errors import InvalidRequest, NotFound
 
-from .models import Job, JobStatus
+from .models import Job, JobStatus, WebhookDelivery
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer
 from .services import JobRequest, job_cancel, job_submit
@@ -20,7 +20,9 @@ from .services import JobRequest, job_cancel, job_submit
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 
 
-def job_representation(job: Job, request: Request) -> dict[str, Any]:
+def job_representation(
+    job: Job, request: Request, *, deliveries: list[WebhookDelivery] | None = None
+) -> dict[str, Any]:
     """A job as the API shows it. A plain function rather than a ModelSerializer:
     it runs on every response, and DRF's per-instance field introspection cost more
     than the rest of a submission's Python work. `JobOutputSerializer` documents the
@@ -56,7 +58,23 @@ def job_representation(job: Job, request: Request) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "webhook": _webhook(job, deliveries),
         "links": {"self": base, "events": f"{base}/events"},
+    }
+
+
+def _webhook(job: Job, deliveries: list[WebhookDelivery] | None) -> dict[str, Any] | None:
+    if not job.webhook_url:
+        return None
+    return {
+        "url": job.webhook_url,
+        "delivered": any(d.succeeded for d in deliveries) if deliveries is not None else None,
+        "deliveries": None
+        if deliveries is None
+        else [
+            {"attempt": d.attempt, "status_code": d.status_code, "error": d.error or None, "at": d.created_at}
+            for d in deliveries
+        ],
     }
 
 
@@ -79,6 +97,19 @@ class JobLinksSchema(serializers.Serializer[Any]):
     events = serializers.URLField()
 
 
+class WebhookDeliverySchema(serializers.Serializer[Any]):
+    attempt = serializers.IntegerField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    at = serializers.DateTimeField()
+
+
+class JobWebhookSchema(serializers.Serializer[Any]):
+    url = serializers.URLField()
+    delivered = serializers.BooleanField(allow_null=True, help_text="null where deliveries are not listed")
+    deliveries = WebhookDeliverySchema(many=True, allow_null=True, help_text="listed by GET /api/v1/jobs/{id}")
+
+
 class JobOutputSerializer(serializers.Serializer[Any]):
     """OpenAPI description of `job_representation`."""
 
@@ -95,6 +126,7 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    webhook = JobWebhookSchema(allow_null=True)
     links = JobLinksSchema()
 
 
@@ -131,6 +163,7 @@ class JobListCreateApi(APIView):
                 params={name: data[name] for name in SAMPLING_PARAMS if name in data},
                 metadata=data.get("metadata", {}),
                 stream=data["stream"],
+                webhook_url=data.get("webhook", {}).get("url", ""),
             ),
             idempotency_key=idempotency_key,
         )
@@ -157,7 +190,8 @@ class JobDetailApi(APIView):
         job = job_get(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
         if job is None:
             raise NotFound(f"No job with id {job_id}.", param="id")
-        return Response(job_representation(job, request))
+        deliveries = list(job.webhook_deliveries.all()) if job.webhook_url else None
+        return Response(job_representation(job, request, deliveries=deliveries))
 
 
 class JobCancelApi(APIView):

@@ -51,6 +51,9 @@ class Job(models.Model):
     error_message = models.TextField(blank=True)
     error_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
+    # Completion webhook: where the final state is POSTed (the request's, or the tenant's default).
+    webhook_url = models.URLField(max_length=2000, blank=True)
+
     # Worker bookkeeping: how many times a worker claimed the job, and until when
     # the current claim holds (a redelivered message may take over after that).
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -81,3 +84,24 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver a job's completion webhook."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    url = models.URLField(max_length=2000)
+    attempt = models.PositiveSmallIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    succeeded = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("job", "attempt")
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="jobs_webhookdelivery_unique_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.attempt} {self.status_code or self.error}"

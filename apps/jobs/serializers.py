@@ -93,6 +93,10 @@ class MetadataField(serializers.DictField):
         return value
 
 
+class WebhookSerializer(StrictSerializer):
+    url = serializers.URLField(max_length=2000)
+
+
 class JobCreateSerializer(StrictSerializer):
     model = serializers.CharField(max_length=64)
     messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
@@ -102,3 +106,4 @@ class JobCreateSerializer(StrictSerializer):
     stop = StopField(required=False)
     metadata = MetadataField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
+    webhook = WebhookSerializer(required=False)

@@ -22,10 +22,12 @@ from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens
+from apps.tenants.db import tenant_connection
 
 from .events import EventRelay, job_events_close
 from .models import Job, JobStatus
 from .selectors import job_get
+from .webhooks import webhook_schedule, webhook_url_check
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class JobRequest:
     params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
+    webhook_url: str = ""
 
     def fingerprint(self) -> str:
         """Hash of the canonical request: what an Idempotency-Key replay must match."""
@@ -52,6 +55,7 @@ class JobRequest:
                 "params": self.params,
                 "metadata": self.metadata,
                 "stream": self.stream,
+                "webhook_url": self.webhook_url,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -78,6 +82,9 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
 
     spec = _admissible_model(request.model)
     input_tokens = _check_size(spec, request)
+    webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
+    if request.webhook_url:
+        webhook_url_check(request.webhook_url)
     job = Job(
         user_id=principal.user_id,
         api_key_id=principal.key_id,
@@ -90,6 +97,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         idempotency_key=idempotency_key or None,
         request_hash=fingerprint,
         enqueued_at=timezone.now(),
+        webhook_url=webhook_url,
     )
     if idempotency_key:
         try:
@@ -184,6 +192,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
         job.refresh_from_db(fields=["status"])
         raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
+    webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     if job.status == JobStatus.QUEUED:
         # Workers drop a revoked message unrun; one that races past the revoke
         # still finds the job cancelled and does nothing.
@@ -236,7 +245,14 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         # and a broken stream is caught instead of returned as a short answer.
         result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
     except ProviderError as exc:
-        job_fail(job_id=job.pk, error_type=exc.error_type, message=exc.message, status=exc.status, code=exc.code)
+        job_fail(
+            job_id=job.pk,
+            error_type=exc.error_type,
+            message=exc.message,
+            status=exc.status,
+            code=exc.code,
+            webhook_url=job.webhook_url,
+        )
         return
     if _job_succeed(job_id=job.pk, result=result):
         relay.final(
@@ -248,6 +264,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             },
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
+        webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
 def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> bool:
@@ -270,8 +287,16 @@ def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> bool:
 
 
 def job_fail(
-    *, job_id: uuid.UUID, error_type: str, message: str, status: int | None = None, code: str | None = None
+    *,
+    job_id: uuid.UUID,
+    error_type: str,
+    message: str,
+    status: int | None = None,
+    code: str | None = None,
+    webhook_url: str | None = None,
 ) -> None:
+    """Fail a running job: record the error, tell listeners, send its webhook
+    (`webhook_url` saves a query when the caller has the job at hand)."""
     failed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
         status=JobStatus.FAILED,
         error_type=error_type,
@@ -285,6 +310,9 @@ def job_fail(
         EventRelay(job_id=job_id).final(
             {"type": "error", "error_type": error_type, "message": message, "provider_status": status}
         )
+        if webhook_url is None:
+            webhook_url = Job.objects.filter(pk=job_id).values_list("webhook_url", flat=True).first() or ""
+        webhook_schedule(job_id=job_id, webhook_url=webhook_url)
 
 
 # --- Sweep (beat, once a minute per tenant) -----------------------------------

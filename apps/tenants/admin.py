@@ -21,7 +21,7 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         # A schema cannot be renamed once created.
-        return ("schema_name", "created_at") if obj else ("created_at",)
+        return ("schema_name", "created_at", "webhook_secret") if obj else ("created_at", "webhook_secret")
 
 
 @admin.register(ApiKeyRoute, site=operator_site)

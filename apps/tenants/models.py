@@ -1,5 +1,13 @@
+import base64
+import secrets
+
 from django.db import models
 from django_tenants.models import DomainMixin, TenantMixin
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 class Tenant(TenantMixin):
@@ -8,6 +16,10 @@ class Tenant(TenantMixin):
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Completion webhooks: the URL used when a job names none, and the secret that
+    # signs every delivery (Standard Webhooks style).
+    webhook_url = models.URLField(max_length=2000, blank=True)
+    webhook_secret = models.CharField(max_length=100, default=new_webhook_secret)
 
     auto_create_schema = True
     auto_drop_schema = False
