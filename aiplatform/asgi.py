@@ -81,11 +81,15 @@ class ApiHandler(ASGIHandler):
         return response
 
 
+# Async views that await a job's stream or a provider on the event loop.
+ASYNC_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+
+
 def _is_stream(scope: Scope) -> bool:
     """Long-lived async responses (server-sent events, /v1 chat completions that
     follow a job's stream) take Django's stock handler, which runs async views
     natively and notices client disconnects."""
-    return bool(scope["path"].endswith("/events") or scope["path"] == "/v1/chat/completions")
+    return bool(scope["path"].endswith("/events") or scope["path"] in ASYNC_PATHS)
 
 
 class Router:

@@ -27,8 +27,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
-from apps.catalog.selectors import models_enabled
+from apps.catalog.selectors import model_get, models_enabled
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
+from apps.llm.providers import ProviderError, embeddings_create
 from apps.tenants.db import current_schema
 
 from .models import Job, JobStatus
@@ -226,6 +227,59 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
         else:  # error, or done with status cancelled
             _, body = _failure(await sync_to_async(Job.objects.get)(pk=job.pk))
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _embeddings_spec(header: str, raw_body: bytes) -> tuple[Any, dict[str, Any]]:
+    principal = principal_from_header(header)
+    if principal is None:
+        raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
+    try:
+        body = json.loads(raw_body or b"null")
+    except ValueError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="parse_error") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
+    if unknown:
+        raise InvalidRequest(f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter", param=unknown[0])
+    text_input = body.get("input")
+    if not (isinstance(text_input, str) and text_input) and not (
+        isinstance(text_input, list) and text_input and all(isinstance(item, (str, int, list)) for item in text_input)
+    ):
+        raise InvalidRequest("input must be a non-empty string or list.", param="input")
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise InvalidRequest("encoding_format must be float or base64.", param="encoding_format")
+    spec = model_get(str(body.get("model", "")))
+    if spec is None or not spec.enabled:
+        raise NotFound(
+            f"The model '{body.get('model')}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    return spec, body
+
+
+@csrf_exempt  # an API authenticated by bearer key, not a browser form
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
+    """`POST /v1/embeddings`, passed through to the model's provider. Embeddings
+    are short and cannot stream, so this one call is awaited on the event loop
+    (no thread or worker waits on it) instead of going through a job."""
+    if request.method != "POST":
+        return _json_error(
+            405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
+        )
+    try:
+        spec, body = await sync_to_async(_embeddings_spec)(request.headers.get("Authorization", ""), request.body)
+        return JsonResponse(await embeddings_create(spec, body=body))
+    except InvalidKey as exc:
+        body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
+        return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+    except ApiError as exc:
+        return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+    except ProviderError as exc:
+        status = 429 if exc.status == 429 else (504 if exc.error_type == "provider_timeout" else 502)
+        error_type = "rate_limit_error" if status == 429 else "server_error"
+        return _json_error(status, error_body(error_type=error_type, code=exc.error_type, message=exc.message))
 
 
 class ModelListApi(APIView):

@@ -9,6 +9,7 @@ hidden loop inside the client.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,49 @@ def _client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
 
 def provider_client(spec: ModelSpec) -> openai.OpenAI:
     return _client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
+
+
+# Async clients hold connections bound to one event loop: one per (loop, provider).
+_async_clients: dict[tuple[int, str, str], openai.AsyncOpenAI] = {}
+
+
+def provider_async_client(spec: ModelSpec) -> openai.AsyncOpenAI:
+    import asyncio
+
+    key = (id(asyncio.get_running_loop()), spec.base_url, provider_api_key(spec))
+    client = _async_clients.get(key)
+    if client is None:
+        client = _async_clients[key] = openai.AsyncOpenAI(
+            base_url=spec.base_url,
+            api_key=key[2],
+            timeout=float(settings.LLM_REQUEST_TIMEOUT_SECONDS),
+            max_retries=0,
+        )
+    return client
+
+
+async def embeddings_create(spec: ModelSpec, *, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Pass an embeddings request through to the model's provider and return its
+    JSON. Awaited on the event loop: no thread waits on the provider. The model
+    name is the catalog's; `encoding_format` defaults to float (the SDK would ask
+    for base64, which not every server speaks)."""
+    client = provider_async_client(spec)
+    params = {key: value for key, value in body.items() if key in ("input", "dimensions", "user")}
+    try:
+        response = await client.embeddings.with_raw_response.create(
+            model=spec.provider_model_name, encoding_format=body.get("encoding_format", "float"), **params
+        )
+    except openai.APITimeoutError as exc:
+        raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
+    except openai.APIConnectionError as exc:
+        raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
+    except openai.APIStatusError as exc:
+        raise ProviderError(
+            "provider_error", _status_error_message(exc), status=exc.status_code, code=_status_error_code(exc)
+        ) from exc
+    data: dict[str, Any] = json.loads(response.content)
+    data["model"] = spec.slug
+    return data
 
 
 def chat_stream(

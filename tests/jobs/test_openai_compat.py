@@ -95,3 +95,17 @@ def test_failure_mid_stream_raises_in_the_sdk(sdk: openai.OpenAI, upstream):
     upstream.add_faults({"model": "local-small", "kind": "cut_stream", "after_chunks": 2})
     with pytest.raises(openai.APIError):
         list(sdk.chat.completions.create(model="local-small", messages=MESSAGES, stream=True))
+
+
+def test_embeddings_pass_through_to_the_provider(sdk: openai.OpenAI, upstream):
+    response = sdk.embeddings.create(model="local-small", input=["hello", "world"], dimensions=8)
+    assert [item.index for item in response.data] == [0, 1]
+    assert len(response.data[0].embedding) == 8
+    assert response.data[0].embedding != response.data[1].embedding
+    assert response.model == "local-small"
+    assert upstream.stats()["embeddings_per_model"]["local-small"] == 1
+    with pytest.raises(openai.NotFoundError):
+        sdk.embeddings.create(model="gpt-9", input="hello")
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        sdk.embeddings.create(model="local-small", input="")
+    assert excinfo.value.param == "input"
