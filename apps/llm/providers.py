@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 from django.conf import settings
 
@@ -132,33 +133,45 @@ def chat_stream(
     started = time.perf_counter()
     pieces: list[str] = []
     finish_reason: str | None = None
-    usage = None
+    usage: dict[str, Any] | None = None
     response_model = spec.provider_model_name
     response_id = ""
     try:
-        stream = client.chat.completions.create(  # type: ignore[call-overload]
+        # The SDK makes the request (auth, base URL, status errors); its streaming
+        # response is read as raw SSE lines: building a pydantic object per chunk
+        # cost more than half of a worker's CPU per streamed job.
+        with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
             model=spec.provider_model_name,
             messages=list(messages),
             stream=True,
             stream_options={"include_usage": True},
             **dict(params),
-        )
-        with stream:
-            for chunk in stream:
-                response_id = chunk.id or response_id
-                response_model = chunk.model or response_model
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices[:1]:
-                    text = choice.delta.content if choice.delta else None
+        ) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    error = chunk["error"]
+                    message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+                    raise ProviderError("provider_error", message)
+                response_id = chunk.get("id") or response_id
+                response_model = chunk.get("model") or response_model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in (chunk.get("choices") or [])[:1]:
+                    text = (choice.get("delta") or {}).get("content")
                     if text:
                         pieces.append(text)
                         on_delta(text)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
     except openai.APITimeoutError as exc:
         raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
-    except openai.APIConnectionError as exc:
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
         if pieces:
             raise ProviderError(
                 "provider_stream_broken", f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}"
@@ -170,13 +183,15 @@ def chat_stream(
         ) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc)) from exc
+    except ValueError as exc:  # a data line that is not JSON
+        raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
     if finish_reason is None:
         raise ProviderError(
             "provider_stream_broken", f"The stream from {spec.slug} ended without a finish reason (truncated answer)."
         )
     output = "".join(pieces)
-    if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
-        input_tokens, output_tokens, estimated = usage.prompt_tokens, usage.completion_tokens, False
+    if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
+        input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
     else:
         input_tokens, output_tokens, estimated = count_message_tokens(messages), count_text_tokens(output), True
     return ChatResult(
