@@ -27,6 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
+from apps.accounts.selectors import Principal
 from apps.catalog.selectors import model_get, models_enabled
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
 from apps.llm.providers import ProviderError, embeddings_create
@@ -80,15 +81,28 @@ def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
     return request, stream, include_usage
 
 
-def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
-    """Authenticate and create the job (in a thread: Postgres and Redis)."""
+def _authenticated_body(header: str, raw_body: bytes) -> tuple[Principal, Any]:
+    """The caller and the parsed JSON body; raises InvalidKey or InvalidRequest."""
     principal = principal_from_header(header)
     if principal is None:
         raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
     try:
-        body = json.loads(raw_body or b"null")
+        return principal, json.loads(raw_body or b"null")
     except ValueError as exc:
         raise InvalidRequest(f"The body is not valid JSON: {exc}", code="parse_error") from exc
+
+
+def _provider_failure_status(*, provider_status: int | None, error_type: str) -> tuple[int, str]:
+    """(HTTP status, OpenAI error type) for a provider failure: the provider's rate
+    limit stays a 429, a timeout is a 504, anything else a 502."""
+    if provider_status == 429:
+        return 429, "rate_limit_error"
+    return (504 if error_type == "provider_timeout" else 502), "server_error"
+
+
+def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
+    """Authenticate and create the job (in a thread: Postgres and Redis)."""
+    principal, body = _authenticated_body(header, raw_body)
     request, stream, include_usage = _chat_request(body)
     try:
         job, _ = job_submit(principal=principal, request=request)
@@ -115,8 +129,7 @@ def _failure(job: Job) -> tuple[int, dict[str, Any]]:
         return 409, error_body(
             error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled."
         )
-    status = 429 if job.error_status == 429 else (504 if job.error_type == "provider_timeout" else 502)
-    error_type = "rate_limit_error" if status == 429 else "server_error"
+    status, error_type = _provider_failure_status(provider_status=job.error_status, error_type=job.error_type)
     return status, error_body(error_type=error_type, code=job.error_type, message=job.error_message)
 
 
@@ -230,13 +243,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
 
 
 def _embeddings_spec(header: str, raw_body: bytes) -> tuple[Any, dict[str, Any]]:
-    principal = principal_from_header(header)
-    if principal is None:
-        raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
-    try:
-        body = json.loads(raw_body or b"null")
-    except ValueError as exc:
-        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="parse_error") from exc
+    _, body = _authenticated_body(header, raw_body)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
@@ -277,8 +284,7 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     except ApiError as exc:
         return _json_error(exc.status_code, api_error_body(exc), exc.headers)
     except ProviderError as exc:
-        status = 429 if exc.status == 429 else (504 if exc.error_type == "provider_timeout" else 502)
-        error_type = "rate_limit_error" if status == 429 else "server_error"
+        status, error_type = _provider_failure_status(provider_status=exc.status, error_type=exc.error_type)
         return _json_error(status, error_body(error_type=error_type, code=exc.error_type, message=exc.message))
 
 
