@@ -331,13 +331,20 @@ def jobs_requeue_stale() -> SweepResult:
     those that used up their claims. Re-sending is safe because claims are atomic."""
     now = timezone.now()
     stale_enqueue = now - timedelta(seconds=settings.JOB_REQUEUE_AFTER_SECONDS)
-    failed = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now, attempts__gte=MAX_CLAIMS).update(
-        status=JobStatus.FAILED,
-        error_type="worker_lost",
-        error_message=f"The job's worker stopped {MAX_CLAIMS} times before finishing it.",
-        finished_at=now,
-        lease_expires_at=None,
-    )
+    # No worker can claim these any more (claims are capped), so failing them one by
+    # one races with nothing; job_fail also closes their event streams and sends
+    # their webhooks.
+    poisoned = Job.objects.filter(
+        status=JobStatus.RUNNING, lease_expires_at__lt=now, attempts__gte=MAX_CLAIMS
+    ).values_list("pk", "webhook_url")[:1000]
+    for job_id, webhook_url in poisoned:
+        job_fail(
+            job_id=job_id,
+            error_type="worker_lost",
+            message=f"The job's worker stopped {MAX_CLAIMS} times before finishing it.",
+            webhook_url=webhook_url,
+        )
+    failed = len(poisoned)
     stale = Job.objects.filter(
         Q(status=JobStatus.QUEUED, enqueued_at__lt=stale_enqueue)
         | Q(status=JobStatus.RUNNING, lease_expires_at__lt=now, enqueued_at__lt=stale_enqueue)

@@ -104,8 +104,12 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
         if not response:
             yield HEARTBEAT
             job = await sync_to_async(Job.objects.get)(pk=job.pk)
-            if job.status in FINAL_STATUSES and not await client.exists(key):
-                for event in _from_postgres(job):  # the stream expired while we waited
+            if job.status in FINAL_STATUSES:
+                # Ended without a closing event we can still read: the stream expired
+                # while we waited (replay it all from Postgres), or the job was ended
+                # by the sweeper after its worker died (send just the ending).
+                events = _from_postgres(job)
+                for event in events if not await client.exists(key) else events[-1:]:
                     yield event
                 return
             continue

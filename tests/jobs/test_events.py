@@ -135,3 +135,33 @@ def test_stream_cut_midway_fails_the_job_instead_of_a_truncated_answer(
     assert final["status"] == "failed"
     assert final["error"]["type"] == "provider_stream_broken"
     assert events[-1][1]["type"] == "error"
+
+
+def test_job_ended_without_a_closing_event_is_closed_from_postgres(
+    platform_server, committed_personas: Personas, settings
+):
+    """A worker died mid-stream and the job was failed without an `error` entry:
+    the listener gets the partial deltas, then the ending from Postgres, instead of
+    heartbeats forever."""
+    from django_tenants.utils import tenant_context
+
+    from apps.jobs.events import EventRelay
+    from apps.jobs.models import Job, JobStatus
+
+    settings.SSE_HEARTBEAT_SECONDS = 1
+    with tenant_context(committed_personas.alice.tenant):
+        job = Job.objects.create(
+            user_id=committed_personas.alice.user_id,
+            model="local-small",
+            messages=CHAT["messages"],
+            status=JobStatus.RUNNING,
+        )
+        relay = EventRelay(job_id=job.pk)
+        relay.delta("partial ")
+        relay.flush()
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error_type="worker_lost", error_message="gone")
+    with http_client(platform_server, committed_personas.alice.key) as alice:
+        events = _stream(alice, str(job.pk))
+    assert [data["type"] for _, data in events] == ["delta", "error"]
+    assert events[0][1]["text"] == "partial "
+    assert events[1][1]["error_type"] == "worker_lost"
