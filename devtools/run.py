@@ -211,7 +211,8 @@ def banner(env: dict[str, str], port: int, models: list[str], key: str | None, l
     lines = [
         "",
         "AI Platform is starting:",
-        f"  API            {base}/api/v1/jobs",
+        f"  API            {base}/api/v1/jobs   (tokens stream at {base}/api/v1/jobs/<id>/events)",
+        f"  OpenAI API     {base}/v1            (base_url for any OpenAI SDK)",
         f"  OpenAPI docs   {base}/api/docs/",
         f"  Operator admin {base}/admin/            (tenants, domains, model catalog)",
         f"  Tenant admin   http://demo.localhost:{port}/admin/   (users, API keys, jobs)",
@@ -234,6 +235,7 @@ def banner(env: dict[str, str], port: int, models: list[str], key: str | None, l
         "    -H 'Content-Type: application/json' \\",
         '    -d \'{"model": "local-small", "messages": [{"role": "user", "content": "Hello!"}]}\'',
         f'  curl -s {base}/api/v1/jobs/<id> -H "Authorization: Bearer {key_text}"',
+        f'  curl -sN {base}/api/v1/jobs/<id>/events -H "Authorization: Bearer {key_text}"',
         "",
         "Ctrl-C stops the processes; `make stop` stops the embedded Postgres and Valkey.",
         "",
