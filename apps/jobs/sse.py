@@ -86,18 +86,20 @@ HEARTBEAT = ("", {"type": "heartbeat"})
 async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """A job's events as (entry id, event) from `after` on, ending with `done` or
     `error`; HEARTBEAT while nothing happens. Shared by the SSE endpoint and the
-    OpenAI-compatible /v1/chat/completions."""
+    OpenAI-compatible /v1/chat/completions. `job` must be freshly loaded (its
+    status decides whether Redis or Postgres serves it)."""
     key = stream_key(schema=schema, job_id=job.pk)
     client = _redis()
     heartbeat_ms = settings.SSE_HEARTBEAT_SECONDS * 1000
-    if after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key):
-        # Nothing in Redis: a job that ended long ago is served from Postgres;
-        # otherwise its worker has not started writing yet and XREAD waits.
-        job = await sync_to_async(Job.objects.get)(pk=job.pk)
-        if job.status in FINAL_STATUSES:
-            for event in _from_postgres(job):
-                yield event
-            return
+    # `job` was loaded by the caller a moment ago. A job that had not ended then
+    # needs no check here: XREAD on a stream its worker has not created yet just
+    # waits. One that had ended is served from Postgres if its stream is gone.
+    if job.status in FINAL_STATUSES and (
+        after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key)
+    ):
+        for event in _from_postgres(job):
+            yield event
+        return
     last = after
     while True:
         response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
