@@ -39,6 +39,7 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.submission
 	$(PY) -m bench.worker_pool
+	$(PY) -m bench.delivery
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)
