@@ -109,3 +109,17 @@ def test_embeddings_pass_through_to_the_provider(sdk: openai.OpenAI, upstream):
     with pytest.raises(openai.BadRequestError) as excinfo:
         sdk.embeddings.create(model="local-small", input="")
     assert excinfo.value.param == "input"
+
+
+def test_non_stream_wait_is_bounded_and_names_the_job(sdk: openai.OpenAI, settings, committed_personas: Personas):
+    """No worker consumes routing-probe: the call gives up after V1_WAIT_TIMEOUT_SECONDS
+    with a 504 that carries the job id, and the job itself is still there to poll."""
+    import redis
+
+    settings.V1_WAIT_TIMEOUT_SECONDS = 1
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        sdk.chat.completions.create(model="routing-probe", messages=MESSAGES)
+    assert excinfo.value.status_code == 504
+    job_id = excinfo.value.response.headers["x-aip-job-id"]
+    assert committed_personas.alice.client().get(f"/api/v1/jobs/{job_id}").json()["status"] == "queued"
+    redis.Redis.from_url(settings.REDIS_URL).delete("llm.routing-probe")
