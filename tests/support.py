@@ -58,7 +58,8 @@ def job_until_final(client: APIClient, job_id: str, *, timeout: float = 15.0) ->
 
 def http_client(server: ThreadedUvicorn, key: str | None = None, **kwargs: Any) -> httpx.Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=server.url, headers=headers, timeout=10, trust_env=False, **kwargs)
+    kwargs.setdefault("timeout", 10)
+    return httpx.Client(base_url=server.url, headers=headers, trust_env=False, **kwargs)
 
 
 def sse_events(response: httpx.Response, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:

@@ -31,12 +31,12 @@ from apps.accounts.selectors import Principal
 from apps.catalog.selectors import model_get, models_enabled
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
 from apps.llm.providers import ProviderError, embeddings_create
-from apps.tenants.db import current_schema
+from apps.tenants.db import current_schema, release_connection
 
 from .models import Job, JobStatus
 from .serializers import JobCreateSerializer
 from .services import JobRequest, job_submit
-from .sse import HEARTBEAT, job_event_stream
+from .sse import HEARTBEAT, job_event_stream, load_job
 
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 JOB_ID_HEADER = "x-aip-job-id"
@@ -110,6 +110,8 @@ def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
         if exc.code == "model_not_found":
             exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
         raise
+    finally:
+        release_connection()  # the response follows the job's stream, maybe for minutes
     return current_schema(), job, stream, include_usage
 
 
@@ -170,7 +172,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             f"poll GET /api/v1/jobs/{job.pk}.",
         )
         return _json_error(504, body, headers)
-    job = await sync_to_async(Job.objects.get)(pk=job.pk)
+    job = await sync_to_async(load_job)(job.pk)
     if job.status != JobStatus.SUCCEEDED:
         status, body = _failure(job)
         return _json_error(status, body, headers)
@@ -226,7 +228,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
             yield _chunk(job, created, {}, event["finish_reason"] or "stop")
             if include_usage:
                 if usage is None:  # served from Postgres after the stream expired
-                    usage = _usage(await sync_to_async(Job.objects.get)(pk=job.pk))
+                    usage = _usage(await sync_to_async(load_job)(job.pk))
                 final = {
                     "id": _completion_id(job),
                     "object": "chat.completion.chunk",
@@ -238,7 +240,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
                 yield b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         else:  # error, or done with status cancelled
-            _, body = _failure(await sync_to_async(Job.objects.get)(pk=job.pk))
+            _, body = _failure(await sync_to_async(load_job)(job.pk))
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 

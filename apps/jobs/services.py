@@ -22,7 +22,7 @@ from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens
-from apps.tenants.db import tenant_connection
+from apps.tenants.db import release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
 from .models import Job, JobStatus
@@ -238,6 +238,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         return
     spec = model_get(job.model)
     relay = EventRelay(job_id=job.pk)
+    release_connection()  # the provider call may take minutes; the pool should not wait
     try:
         if spec is None or not spec.enabled:
             raise ProviderError("model_unavailable", f"Model {job.model!r} was disabled after the job was queued.")

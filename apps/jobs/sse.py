@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
 from apps.core.errors import error_body
-from apps.tenants.db import current_schema
+from apps.tenants.db import current_schema, release_connection
 
 from .events import FINAL_EVENTS, stream_key
 from .models import FINAL_STATUSES, Job
@@ -36,6 +36,14 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 FALLBACK_DELTA_ID, FALLBACK_DONE_ID = "0-1", "0-2"
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def load_job(pk: Any) -> Job:
+    """Re-read a job from a long-lived stream without keeping a pooled connection."""
+    try:
+        return Job.objects.get(pk=pk)
+    finally:
+        release_connection()
 
 
 def _redis() -> aioredis.Redis:
@@ -53,7 +61,10 @@ def _authorize(header: str, job_id: str) -> tuple[str, Job | None]:
     principal = principal_from_header(header)
     if principal is None:
         raise InvalidKey("Send your API key: 'Authorization: Bearer aip_...'.")
-    return current_schema(), job_get(principal=principal, job_id=job_id)
+    try:
+        return current_schema(), job_get(principal=principal, job_id=job_id)
+    finally:
+        release_connection()  # the stream may stay open for minutes
 
 
 def _sse(event_id: str, data: dict[str, Any] | str) -> bytes:
@@ -105,7 +116,7 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
         response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
         if not response:
             yield HEARTBEAT
-            job = await sync_to_async(Job.objects.get)(pk=job.pk)
+            job = await sync_to_async(load_job)(job.pk)
             if job.status in FINAL_STATUSES:
                 # Ended without a closing event we can still read: the stream expired
                 # while we waited (replay it all from Postgres), or the job was ended

@@ -165,3 +165,34 @@ def test_job_ended_without_a_closing_event_is_closed_from_postgres(
     assert [data["type"] for _, data in events] == ["delta", "error"]
     assert events[0][1]["text"] == "partial "
     assert events[1][1]["error_type"] == "worker_lost"
+
+
+def test_listeners_do_not_pin_database_connections(platform_server, committed_personas: Personas, settings):
+    """More open streams than the connection pool holds (DB_POOL_MAX_SIZE=20 here):
+    each listener returns its connection after authorizing, so all of them connect
+    and all see the job end."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    listeners = settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"] + 10
+    with http_client(platform_server, committed_personas.alice.key) as alice:
+        job_id = _submit(alice, model="routing-probe")  # no worker: it waits until cancelled
+        connected = threading.Semaphore(0)
+
+        def listen() -> list:
+            with (
+                http_client(platform_server, committed_personas.alice.key, timeout=30) as client,
+                client.stream("GET", f"/api/v1/jobs/{job_id}/events") as response,
+            ):
+                assert response.status_code == 200
+                connected.release()
+                return sse_events(response)
+
+        with ThreadPoolExecutor(listeners) as pool:
+            futures = [pool.submit(listen) for _ in range(listeners)]
+            for _ in range(listeners):
+                assert connected.acquire(timeout=20), "a listener could not connect"
+            assert alice.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+            results = [future.result(timeout=30) for future in futures]
+    assert all(events[-1][1]["status"] == "cancelled" for events in results)
+    redis.Redis.from_url(settings.REDIS_URL).delete("llm.routing-probe")
