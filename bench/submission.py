@@ -109,7 +109,7 @@ def single_job_latency(plat: Platform, *, jobs: int) -> dict[str, Any]:
     worker pickup) and to `succeeded`, read from the job's own timestamps."""
     wait_idle(plat)
     with db(plat) as conn:
-        conn.execute("TRUNCATE demo.jobs_job")
+        conn.execute("TRUNCATE demo.jobs_job CASCADE")
 
     async def run() -> None:
         client = HttpClient(plat.web_port)
@@ -147,7 +147,7 @@ def single_job_latency(plat: Platform, *, jobs: int) -> dict[str, Any]:
 def end_to_end(plat: Platform, *, jobs: int, concurrency: int) -> dict[str, Any]:
     wait_idle(plat)
     with db(plat) as conn:
-        conn.execute("TRUNCATE demo.jobs_job")
+        conn.execute("TRUNCATE demo.jobs_job CASCADE")
     pids = {"web": plat.pid("web"), "worker": plat.pid("worker-llm"), **service_pids()}
     before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
     latencies, errors, submit_elapsed = asyncio.run(closed_loop(plat, concurrency=concurrency, requests=jobs))
