@@ -15,9 +15,7 @@ from apps.core.errors import InvalidRequest, NotFound
 from .models import Job, JobStatus, WebhookDelivery
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer
-from .services import JobRequest, job_cancel, job_submit
-
-SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
+from .services import job_cancel, job_submit
 
 
 def job_representation(
@@ -151,20 +149,12 @@ class JobListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
         idempotency_key = request.headers.get("Idempotency-Key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise InvalidRequest("Idempotency-Key is longer than 255 characters.", param="Idempotency-Key")
         job, created = job_submit(
             principal=request.user,  # type: ignore[arg-type]
-            request=JobRequest(
-                model=data["model"],
-                messages=data["messages"],
-                params={name: data[name] for name in SAMPLING_PARAMS if name in data},
-                metadata=data.get("metadata", {}),
-                stream=data["stream"],
-                webhook_url=data.get("webhook", {}).get("url", ""),
-            ),
+            request=serializer.job_request(),
             idempotency_key=idempotency_key,
         )
         body = job_representation(job, request)

@@ -38,7 +38,6 @@ from .serializers import JobCreateSerializer
 from .services import JobRequest, job_submit
 from .sse import HEARTBEAT, job_event_stream, load_job
 
-SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 JOB_ID_HEADER = "x-aip-job-id"
 
 
@@ -70,14 +69,7 @@ def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
         body["metadata"] = {**(body.get("metadata") or {}), "openai_user": str(user)[:512]}
     serializer = JobCreateSerializer(data=body)
     serializer.is_valid(raise_exception=True)
-    data = serializer.validated_data
-    request = JobRequest(
-        model=data["model"],
-        messages=data["messages"],
-        params={name: data[name] for name in SAMPLING_PARAMS if name in data},
-        metadata=data.get("metadata", {}),
-        stream=stream,
-    )
+    request = serializer.job_request(stream=stream)
     return request, stream, include_usage
 
 

@@ -6,6 +6,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from .services import JobRequest
+
+# Passed through to the provider as they are.
+SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_MESSAGES = 2048
 MAX_STOP_SEQUENCES = 4
@@ -107,3 +111,16 @@ class JobCreateSerializer(StrictSerializer):
     metadata = MetadataField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
     webhook = WebhookSerializer(required=False)
+
+    def job_request(self, *, stream: bool | None = None) -> JobRequest:
+        """The validated submission as the job service takes it (`stream` overrides
+        the body's, for the /v1 API, which reads it before validation)."""
+        data = self.validated_data
+        return JobRequest(
+            model=data["model"],
+            messages=data["messages"],
+            params={name: data[name] for name in SAMPLING_PARAMS if name in data},
+            metadata=data.get("metadata", {}),
+            stream=data["stream"] if stream is None else stream,
+            webhook_url=data.get("webhook", {}).get("url", ""),
+        )
