@@ -1,50 +1,60 @@
-"""ASGI entry point: one app, two Django handlers.
+"""ASGI entry point: one app, three handlers.
 
-The API's views are sync (DRF) and short. Django's stock ASGI handler serves a
-sync view through a dozen async<->thread handoffs (middleware hooks, signals, a
-new executor thread per request) that cost several times the view's own CPU.
-`ApiHandler` runs the whole request (signals, sync middleware chain, view, body
-rendering, close) in ONE call on a reused thread pool, then sends the bytes from
-the event loop. Everything else (admin, OpenAPI docs, static files, and later the
-async event streams) goes through Django's stock handler, which streams and
-handles disconnects.
+- `ApiHandler`: the API's sync views (DRF), short. Django's stock ASGI handler
+  serves a sync view through a dozen async<->thread handoffs (middleware hooks,
+  signals, a new executor thread per request) that cost several times the view's
+  own CPU; this runs the whole request (signals, sync middleware chain, view,
+  body rendering, close) in ONE call on the web thread pool, then sends the bytes
+  from the event loop.
+- `StreamHandler`: the long-lived async views (server-sent events, /v1 chat
+  completions that follow a job's stream, /v1 embeddings). No middleware: under
+  load, Django's per-request thread and middleware hops, not the streaming, were
+  most of the web process's CPU and put hundreds of milliseconds before the first
+  byte. These views authenticate themselves (key prefix -> tenant schema ->
+  principal) in one call on the thread pool, then stream from the event loop.
+- Django's stock handler: everything else (admin, OpenAPI docs, static files).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
-from django.core.exceptions import RequestAborted
+import sentry_sdk
+from django.core.exceptions import RequestAborted, RequestDataTooBig
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.signals import request_started
-from django.http import HttpResponse, HttpResponseBase
-from django.urls import set_script_prefix
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.urls import Resolver404, resolve, set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
 django.setup(set_prefix=False)
 
 from django.conf import settings  # noqa: E402
 
+from apps.core.errors import error_body  # noqa: E402
+from apps.core.threads import web_executor  # noqa: E402
+from apps.core.views import not_found, server_error  # noqa: E402
 from apps.llm.tokens import warm_up  # noqa: E402
 from apps.tenants.middleware import API_PATH_PREFIXES  # noqa: E402
 
 Scope = dict[str, Any]
+logger = logging.getLogger(__name__)
 
 
 class ApiHandler(ASGIHandler):
-    def __init__(self, *, threads: int) -> None:
+    def __init__(self) -> None:
         BaseHandler.__init__(self)
         self.load_middleware(is_async=False)
         # Reused threads: Django's ORM is sync, and a DB or broker round trip must
-        # not block the event loop. Each request runs in its own context, so its
-        # database connection wrapper (and tenant schema) is its own.
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="api")
+        # not block the event loop. Each request runs in its own context; the
+        # tenant middleware selects the request's schema on the thread's connection.
+        self.executor = web_executor()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         try:
@@ -81,6 +91,78 @@ class ApiHandler(ASGIHandler):
         return response
 
 
+# Headers SecurityMiddleware and XFrameOptionsMiddleware would have added.
+SECURITY_HEADERS = [(b"X-Content-Type-Options", b"nosniff"), (b"X-Frame-Options", b"DENY")]
+
+
+class StreamHandler(ASGIHandler):
+    """Serves the async views in ASYNC_PATHS (and `.../events`) without middleware;
+    see the module docstring. A client that disconnects cancels the view's
+    generator (its `finally` blocks run) and nothing else: jobs run on."""
+
+    def __init__(self) -> None:
+        BaseHandler.__init__(self)  # no middleware
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = await self._view_response(request)
+            assert response is not None
+            await self._send(response, receive, send)
+        finally:
+            body_file.close()
+
+    async def _view_response(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            match = resolve(request.path_info, urlconf=settings.ROOT_URLCONF)
+        except Resolver404:
+            return not_found(request)
+        try:
+            response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        except RequestDataTooBig:
+            body = error_body(
+                error_type="invalid_request_error",
+                code="request_too_large",
+                message=f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+                " (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            )
+            return JsonResponse(body, status=413)
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.path)
+            sentry_sdk.capture_exception()
+            return server_error(request)
+        return response
+
+    async def _send(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
+        headers = [(k.encode("ascii"), v.encode("latin1")) for k, v in response.items()]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers + SECURITY_HEADERS}
+        )
+        if not isinstance(response, StreamingHttpResponse):
+            await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
+            return
+        body = asyncio.ensure_future(self._send_body(response, send))
+        disconnect = asyncio.ensure_future(receive())  # the next message can only be http.disconnect
+        try:
+            await asyncio.wait({body, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (body, disconnect):
+                task.cancel()
+        if body.done() and not body.cancelled():
+            body.result()  # re-raise what the generator raised
+
+    @staticmethod
+    async def _send_body(response: StreamingHttpResponse, send: Any) -> None:
+        async for chunk in response:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
 # Async views that await a job's stream or a provider on the event loop.
 ASYNC_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
 
@@ -94,15 +176,16 @@ def _is_stream(scope: Scope) -> bool:
 
 class Router:
     def __init__(self) -> None:
-        self.api = ApiHandler(threads=settings.WEB_THREADS)
+        self.api = ApiHandler()
+        self.streams = StreamHandler()
         self.django = ASGIHandler()
         warm_up()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES) and not _is_stream(scope):
-            await self.api(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES):
+            await (self.streams if _is_stream(scope) else self.api)(scope, receive, send)
         else:
             await self.django(scope, receive, send)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+from django.conf import settings
 from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
@@ -27,6 +29,17 @@ class Channel(kombu_redis.Channel):
             # Two threads may race here and both build one: harmless, one is dropped.
             client = self._shared_client = super()._create_client()
         return client
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._get_pool(asynchronous=True)
+        # Blocking: a worker running hundreds of jobs at once (gevent pool) acks
+        # more messages at once than the pool holds; an ack waits for a connection
+        # instead of failing ("Couldn't ack ... MaxConnectionsError").
+        params = self._connparams(asynchronous=False)
+        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        params["max_connections"] = max(params.get("max_connections") or 0, settings.REDIS_MAX_CONNECTIONS)
+        return redis.BlockingConnectionPool(timeout=10, **params)
 
 
 class Transport(kombu_redis.Transport):

@@ -26,6 +26,7 @@ from devtools.run import expand, parse_procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 DATADIR = ROOT / ".devdata" / "bench"
+SHARED_UPSTREAM = ROOT.parent / "shared" / "bench" / "upstream.py"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -119,9 +120,17 @@ class Platform:
 
 @contextlib.contextmanager
 def platform(
-    *, llm_concurrency: int = 32, llm_pool: str = "threads", upstream_latency_ms: int = 0, web_workers: int = 1
+    *,
+    llm_concurrency: int = 500,
+    llm_pool: str = "gevent",
+    upstream_latency_ms: int = 0,
+    web_workers: int = 1,
+    shared_upstream: dict[str, int] | None = None,
 ) -> Iterator[Platform]:
-    """A whole platform on private ports, torn down afterwards (the data dir stays)."""
+    """A whole platform on private ports, torn down afterwards (the data dir stays).
+    `shared_upstream` ({"chunks": 20, "chunk_delay_ms": 100}) serves local-small from
+    ../shared/bench/upstream.py (the upstream the peers were measured on) instead of
+    devtools.upstream."""
     DATADIR.mkdir(parents=True, exist_ok=True)
     services = embedded.start(DATADIR, pg_port=free_port(), redis_port=free_port(), dbname="bench")
     env = dict(os.environ)
@@ -136,18 +145,12 @@ def platform(
     )
     plat = Platform(env=env, web_port=free_port(), upstream_port=free_port())
     try:
-        plat.start(
-            "upstream",
-            [
-                sys.executable,
-                "-m",
-                "devtools.upstream",
-                "--port",
-                str(plat.upstream_port),
-                "--latency-ms",
-                str(upstream_latency_ms),
-            ],
-        )
+        if shared_upstream is None:
+            upstream = [sys.executable, "-m", "devtools.upstream"]
+        else:
+            upstream = [sys.executable, str(SHARED_UPSTREAM)]
+            upstream += [arg for k, v in shared_upstream.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+        plat.start("upstream", [*upstream, "--port", str(plat.upstream_port), "--latency-ms", str(upstream_latency_ms)])
         plat.manage("migrate_schemas", "--noinput", "-v", "0")
         plat.manage("seed_demo", "--local-base-url", f"http://127.0.0.1:{plat.upstream_port}/v1")
         # The catalog may hold another run's upstream port: point local-small at this one.

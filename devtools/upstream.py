@@ -24,7 +24,7 @@ API routes (answered with and without the ``/v1`` prefix):
 
 Control API (for tests, never behind the API key):
 
-  GET  /_control/stats       counters, last 50 requests (method, path, headers, body),
+  GET  /_control/stats       counters (incl. max_chat_in_flight), last 50 requests (method, path, headers, body),
                              pending faults, current settings
   POST /_control/reset       counters, faults and settings back to the start options;
                              requests hanging on a timeout fault answer 503
@@ -347,6 +347,8 @@ class UpstreamApp:
         self.chat_per_model: dict[str, int] = {}
         self.embeddings_per_model: dict[str, int] = {}
         self.chat_streams = 0
+        self.chat_in_flight = getattr(self, "chat_in_flight", 0)  # a reset does not end requests in flight
+        self.max_chat_in_flight = 0  # most chat requests served at once since the reset
         self.faults_triggered = 0
         self.unauthorized = 0
         self.last: deque[tuple[str, str, Any, Any]] = deque(maxlen=LAST_REQUESTS)
@@ -396,6 +398,7 @@ class UpstreamApp:
             "chat_per_model": dict(self.chat_per_model),
             "embeddings_per_model": dict(self.embeddings_per_model),
             "chat_streams": self.chat_streams,
+            "max_chat_in_flight": self.max_chat_in_flight,
             "faults_triggered": self.faults_triggered,
             "unauthorized": self.unauthorized,
             "last_bodies": [r["body"] for r in last if r["body"] is not None],
@@ -481,7 +484,15 @@ class UpstreamApp:
                 "invalid_api_key",
             )
             return
-        await handler(scope, receive, send)
+        if handler != self._chat:
+            await handler(scope, receive, send)
+            return
+        self.chat_in_flight += 1
+        self.max_chat_in_flight = max(self.max_chat_in_flight, self.chat_in_flight)
+        try:
+            await handler(scope, receive, send)
+        finally:
+            self.chat_in_flight -= 1
 
     def _authorized(self, scope: Scope) -> bool:
         for k, v in scope["headers"]:

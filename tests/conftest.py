@@ -30,7 +30,7 @@ from devtools.serve import ThreadedUvicorn
 from devtools.upstream import UpstreamServer
 from tests.support import Persona, Personas
 
-TEST_MODELS = ("local-small", "premium-large", "routing-probe")
+TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = ("jobs_job", "accounts_apikey", "accounts_user")
 
 
@@ -96,6 +96,7 @@ def platform(django_db_setup: None, django_db_blocker: Any, upstream: UpstreamSe
             ("local-small", 4096, 1024),
             ("premium-large", 128000, 4096),
             ("routing-probe", 4096, 1024),
+            ("pool-probe", 4096, 1024),  # served only by the gevent worker process (test_gevent_worker)
         ):
             LLMModel.objects.create(
                 slug=slug,

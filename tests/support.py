@@ -47,7 +47,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
-def job_until_final(client: APIClient, job_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
+def job_until_final(client: APIClient | httpx.Client, job_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         body = client.get(f"/api/v1/jobs/{job_id}").json()
         return body if body["status"] in {"succeeded", "failed", "cancelled"} else None

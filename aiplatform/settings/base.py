@@ -150,6 +150,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Redis connections per process pool (the job relay, the broker's commands). A
+# caller that finds them all busy waits (up to 10 s) rather than failing.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 100, minimum=4)
+
 # Threads per web process that run the API's sync views (see aiplatform/asgi.py).
 # Requests mostly wait on Postgres and Redis, so more threads than cores pay off;
 # keep DB_POOL_MAX_SIZE at least this large.

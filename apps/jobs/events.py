@@ -32,7 +32,13 @@ def stream_key(*, schema: str, job_id: uuid.UUID | str) -> str:
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    # Blocking: with hundreds of jobs streaming in one worker (gevent pool), more of
+    # them may append at once than the pool holds; they wait for a connection
+    # instead of failing.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=10
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def _encode(event: dict[str, Any]) -> dict[str, str]:

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -30,8 +29,10 @@ from apps.accounts.authentication import InvalidKey, principal_from_header
 from apps.accounts.selectors import Principal
 from apps.catalog.selectors import model_get, models_enabled
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
+from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
 from apps.tenants.db import current_schema, release_connection
+from apps.tenants.middleware import activate_key_tenant
 
 from .models import Job, JobStatus
 from .serializers import JobCreateSerializer
@@ -94,6 +95,7 @@ def _provider_failure_status(*, provider_status: int | None, error_type: str) ->
 
 def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
     """Authenticate and create the job (in a thread: Postgres and Redis)."""
+    activate_key_tenant(header)
     principal, body = _authenticated_body(header, raw_body)
     request, stream, include_usage = _chat_request(body)
     try:
@@ -134,8 +136,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
     try:
-        schema, job, stream, include_usage = await sync_to_async(_submit)(
-            request.headers.get("Authorization", ""), request.body
+        schema, job, stream, include_usage = await in_thread(
+            _submit, request.headers.get("Authorization", ""), request.body
         )
     except InvalidKey as exc:
         body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
@@ -164,7 +166,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             f"poll GET /api/v1/jobs/{job.pk}.",
         )
         return _json_error(504, body, headers)
-    job = await sync_to_async(load_job)(job.pk)
+    job = await in_thread(load_job, schema, job.pk)
     if job.status != JobStatus.SUCCEEDED:
         status, body = _failure(job)
         return _json_error(status, body, headers)
@@ -220,7 +222,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
             yield _chunk(job, created, {}, event["finish_reason"] or "stop")
             if include_usage:
                 if usage is None:  # served from Postgres after the stream expired
-                    usage = _usage(await sync_to_async(load_job)(job.pk))
+                    usage = _usage(await in_thread(load_job, schema, job.pk))
                 final = {
                     "id": _completion_id(job),
                     "object": "chat.completion.chunk",
@@ -232,11 +234,12 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
                 yield b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         else:  # error, or done with status cancelled
-            _, body = _failure(await sync_to_async(load_job)(job.pk))
+            _, body = _failure(await in_thread(load_job, schema, job.pk))
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _embeddings_spec(header: str, raw_body: bytes) -> tuple[Any, dict[str, Any]]:
+    activate_key_tenant(header)
     _, body = _authenticated_body(header, raw_body)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
@@ -270,7 +273,7 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
     try:
-        spec, body = await sync_to_async(_embeddings_spec)(request.headers.get("Authorization", ""), request.body)
+        spec, body = await in_thread(_embeddings_spec, request.headers.get("Authorization", ""), request.body)
         return JsonResponse(await embeddings_create(spec, body=body))
     except InvalidKey as exc:
         body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))

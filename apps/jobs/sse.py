@@ -1,8 +1,9 @@
 """`GET /api/v1/jobs/{id}/events`: a job's events as server-sent events.
 
-An async view under ASGI (served by Django's stock handler, not the sync API
-handler): it replays the job's Redis Stream from the start, from `Last-Event-ID`
-or from `?after=`, then blocks on XREAD until `done` or `error`, and closes. A
+An async view under ASGI (served by aiplatform.asgi's StreamHandler, not the
+sync API handler): it replays the job's Redis Stream from the start, from
+`Last-Event-ID` or from `?after=`, then follows it (through the process's
+StreamHub, one XREAD for all listeners) until `done` or `error`, and closes. A
 comment line every SSE_HEARTBEAT_SECONDS keeps the connection open through
 proxies. A job whose stream has expired is served from Postgres as one `delta`
 and a `done`. A client that disconnects cancels nothing: the job runs on.
@@ -13,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
 from apps.core.errors import error_body
-from apps.tenants.db import current_schema, release_connection
+from apps.core.threads import in_thread
+from apps.tenants.db import current_schema, release_connection, tenant_connection
+from apps.tenants.middleware import activate_key_tenant
 
 from .events import FINAL_EVENTS, stream_key
+from .hub import stream_hub
 from .models import FINAL_STATUSES, Job
 from .selectors import job_get
 
@@ -35,29 +36,21 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # real entry id, so a client resuming from them never skips real events.
 FALLBACK_DELTA_ID, FALLBACK_DONE_ID = "0-1", "0-2"
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
-
-def load_job(pk: Any) -> Job:
-    """Re-read a job from a long-lived stream without keeping a pooled connection."""
+def load_job(schema: str, pk: Any) -> Job:
+    """Re-read a job from a long-lived stream without keeping a pooled connection.
+    Runs on any web thread, so it selects the job's schema itself."""
+    tenant_connection().set_schema(schema)
     try:
         return Job.objects.get(pk=pk)
     finally:
         release_connection()
 
 
-def _redis() -> aioredis.Redis:
-    """One asyncio Redis client (and pool) per event loop."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL)
-    return client
-
-
 def _authorize(header: str, job_id: str) -> tuple[str, Job | None]:
     """(schema, the caller's job or None); raises InvalidKey. Runs in a thread:
     it may query Postgres (key and job lookups)."""
+    activate_key_tenant(header)
     principal = principal_from_header(header)
     if principal is None:
         raise InvalidKey("Send your API key: 'Authorization: Bearer aip_...'.")
@@ -100,36 +93,44 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
     OpenAI-compatible /v1/chat/completions. `job` must be freshly loaded (its
     status decides whether Redis or Postgres serves it)."""
     key = stream_key(schema=schema, job_id=job.pk)
-    client = _redis()
-    heartbeat_ms = settings.SSE_HEARTBEAT_SECONDS * 1000
+    hub = stream_hub()
+    heartbeat = settings.SSE_HEARTBEAT_SECONDS
     # `job` was loaded by the caller a moment ago. A job that had not ended then
-    # needs no check here: XREAD on a stream its worker has not created yet just
-    # waits. One that had ended is served from Postgres if its stream is gone.
+    # needs no check here: a stream its worker has not created yet is just
+    # waited on. One that had ended is served from Postgres if its stream is gone.
     if job.status in FINAL_STATUSES and (
-        after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await client.exists(key)
+        after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await hub.commands.exists(key)
     ):
         for event in _from_postgres(job):
             yield event
         return
-    last = after
-    while True:
-        response: Any = await client.xread({key: last}, block=heartbeat_ms, count=500)
-        if not response:
-            yield HEARTBEAT
-            job = await sync_to_async(load_job)(job.pk)
-            if job.status in FINAL_STATUSES:
-                # Ended without a closing event we can still read: the stream expired
-                # while we waited (replay it all from Postgres), or the job was ended
-                # by the sweeper after its worker died (send just the ending).
-                events = _from_postgres(job)
-                for event in events if not await client.exists(key) else events[-1:]:
-                    yield event
-                return
-            continue
-        for entry_id, fields in response[0][1]:
-            last = entry_id.decode()
-            event = json.loads(fields[b"d"])
-            yield last, event
+    async with hub.listen(key, after) as listener:
+        queue = listener.queue
+        while True:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield HEARTBEAT
+                    job = await in_thread(load_job, schema, job.pk)
+                    if job.status in FINAL_STATUSES and queue.empty():
+                        # Ended without a closing event we can still read: the stream
+                        # expired while we waited (replay it all from Postgres), or the
+                        # job was ended by the sweeper after its worker died (send just
+                        # the ending).
+                        events = _from_postgres(job)
+                        for event in events if not await hub.commands.exists(key) else events[-1:]:
+                            yield event
+                        return
+                    continue
+            else:
+                item = queue.get_nowait()
+            if isinstance(item, BaseException):
+                raise item
+            entry_id, payload = item
+            event = json.loads(payload)
+            yield entry_id, event
             if event["type"] in FINAL_EVENTS:
                 return
 
@@ -143,7 +144,7 @@ async def _sse_body(schema: str, job: Job, after: str) -> AsyncIterator[bytes]:
 
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     try:
-        schema, job = await sync_to_async(_authorize)(request.headers.get("Authorization", ""), job_id)
+        schema, job = await in_thread(_authorize, request.headers.get("Authorization", ""), job_id)
     except InvalidKey as exc:
         body = error_body(error_type="authentication_error", code="invalid_api_key", message=str(exc))
         return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})

@@ -8,10 +8,25 @@ from django_tenants.middleware.main import TenantMainMiddleware
 from apps.accounts.keys import parse_bearer
 
 from .db import tenant_connection
+from .models import Tenant
 from .selectors import tenant_for_key_prefix
 
 # Paths whose tenant comes from the API key rather than the Host header.
 API_PATH_PREFIXES = ("/api/v1/", "/v1/")
+
+
+def activate_key_tenant(authorization: str) -> Tenant | None:
+    """Select, on this thread's connection, the schema of the tenant that owns the
+    API key in an `Authorization` header; public (and None) when the header names
+    no active tenant's key. Only the prefix is looked at: the key itself is checked
+    by the view's authentication, inside the tenant's schema."""
+    connection = tenant_connection()
+    connection.set_schema_to_public()
+    parsed = parse_bearer(authorization)
+    tenant = tenant_for_key_prefix(parsed.prefix) if parsed else None
+    if tenant is not None:
+        connection.set_tenant(tenant)
+    return tenant
 
 
 class TenantResolutionMiddleware(TenantMainMiddleware):
@@ -27,13 +42,9 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if request.path.startswith(API_PATH_PREFIXES):
-            connection = tenant_connection()
-            connection.set_schema_to_public()
-            parsed = parse_bearer(request.META.get("HTTP_AUTHORIZATION", ""))
-            tenant = tenant_for_key_prefix(parsed.prefix) if parsed else None
+            tenant = activate_key_tenant(request.META.get("HTTP_AUTHORIZATION", ""))
             if tenant is not None:
                 request.tenant = tenant  # type: ignore[attr-defined]
-                connection.set_tenant(tenant)
                 request.urlconf = settings.ROOT_URLCONF
             else:
                 request.urlconf = settings.PUBLIC_SCHEMA_URLCONF
