@@ -126,6 +126,7 @@ def platform(
     upstream_latency_ms: int = 0,
     web_workers: int = 1,
     shared_upstream: dict[str, int] | None = None,
+    llm_queues: str = "llm.local-small",
 ) -> Iterator[Platform]:
     """A whole platform on private ports, torn down afterwards (the data dir stays).
     `shared_upstream` ({"chunks": 20, "chunk_delay_ms": 100}) serves local-small from
@@ -166,7 +167,7 @@ def platform(
             **env,
             "PORT": str(plat.web_port),
             "WEB_CONCURRENCY": str(web_workers),
-            "LLM_QUEUES": "llm.local-small",
+            "LLM_QUEUES": llm_queues,
             "LLM_WORKER_CONCURRENCY": str(llm_concurrency),
             "LLM_WORKER_POOL": llm_pool,
         }

@@ -13,8 +13,8 @@ time out; `CLIENT UNBLOCK` (sent on another connection) ends the wait at once, s
 the next `XREAD` includes its stream.
 
 Each listener has its own position (`after`): it gets the entries after it, in
-order, each once. Listeners of the same stream may start at different positions;
-the hub reads the stream from the earliest of them.
+order, each once, with no gap. Listeners of the same stream may be at different
+positions; the hub reads the stream from the least advanced of them.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class StreamHub:
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
         self.commands = aioredis.Redis(connection_pool=pool)
         self.listeners: dict[bytes, set[Listener]] = {}
-        self.cursors: dict[bytes, tuple[int, int]] = {}
         self.reader_id: int | None = None
         self.blocked = False  # the reader is inside an XREAD
         self.generation = 0  # counts the reader's XREADs
@@ -75,9 +74,6 @@ class StreamHub:
         entries arrive on the listener's queue as (id, JSON payload)."""
         listener = Listener(key=key.encode(), last=_id(after))
         self.listeners.setdefault(listener.key, set()).add(listener)
-        cursor = self.cursors.get(listener.key)
-        if cursor is None or listener.last < cursor:
-            self.cursors[listener.key] = listener.last
         self._ensure_running()
         await self._wake()
         try:
@@ -88,7 +84,6 @@ class StreamHub:
                 group.discard(listener)
                 if not group:
                     del self.listeners[listener.key]
-                    self.cursors.pop(listener.key, None)
 
     async def close(self) -> None:
         """Stop the reader and close the connections (the process keeps its hub for
@@ -147,12 +142,14 @@ class StreamHub:
         try:
             self.reader_id = await reader.client_id()
             while not self.closing:
-                if not self.cursors:
+                if not self.listeners:
                     self.changed.clear()
                     await self.changed.wait()
                     continue
                 self.changed.clear()
-                streams = {key: f"{ms}-{seq}" for key, (ms, seq) in self.cursors.items()}
+                # Each stream is read from its least advanced listener's position.
+                starts = {key: min(listener.last for listener in group) for key, group in self.listeners.items()}
+                streams = {key: f"{ms}-{seq}" for key, (ms, seq) in starts.items()}
                 self.generation += 1
                 self.blocked = True
                 try:
@@ -160,24 +157,24 @@ class StreamHub:
                 finally:
                     self.blocked = False
                 for key, entries in response or ():
-                    self._deliver(key, entries)
+                    self._deliver(key, entries, starts[key])
         finally:
             self.reader_id = None
             await reader.aclose()
 
-    def _deliver(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        group = self.listeners.get(key)
-        if not group:
-            return
-        last = self.cursors.get(key, (0, 0))
-        for entry_id, fields in entries:
-            position = _id(entry_id)
-            last = max(last, position)
-            for listener in group:
+    def _deliver(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]], start: tuple[int, int]) -> None:
+        """Hand the entries read after `start` to the stream's listeners. Only a
+        listener at or after `start` may take them: one that joined while this
+        XREAD was out (from an earlier position) would otherwise skip the entries
+        between its position and `start`; the next XREAD starts from it."""
+        for listener in self.listeners.get(key, ()):
+            if listener.last < start:
+                continue
+            for entry_id, fields in entries:
+                position = _id(entry_id)
                 if position > listener.last:
                     listener.last = position
                     listener.queue.put_nowait((entry_id.decode(), fields[b"d"]))
-        self.cursors[key] = last
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StreamHub] = weakref.WeakKeyDictionary()

@@ -44,7 +44,7 @@ def test_listeners_at_different_positions_each_get_their_entries_once_in_order()
             assert await _take(first, 1) == [(later, b"e3")]
             assert await _take(second, 1) == [(later, b"e3")]
             assert first.queue.empty() and second.queue.empty()
-        assert not hub.listeners and not hub.cursors  # leaving forgets the stream
+        assert not hub.listeners  # leaving forgets the stream
         await hub.close()
         await writer.delete(key)
         await writer.aclose()
@@ -73,5 +73,31 @@ def test_a_new_stream_joins_a_blocked_read_at_once_and_reads_outlast_the_client_
             assert [p for _, p in await _take(waiting, 1)] == [b"late"]
         await hub.close()
         sync.delete(quiet, busy)
+
+    asyncio.run(scenario())
+
+
+def test_a_listener_joining_from_earlier_while_a_read_is_out_misses_nothing():
+    """The reader is blocked reading a stream from listener A's (late) position.
+    An entry arrives and, before the reader has handled it, listener B joins from
+    the start: B must still get every entry, in order (it once skipped to the new
+    entry, losing those between its position and A's)."""
+
+    async def scenario() -> None:
+        hub = StreamHub(settings.REDIS_URL)
+        sync = redis.Redis.from_url(settings.REDIS_URL)
+        key = _key()
+        old = [_sid(sync.xadd(key, {"d": f"old{i}"})) for i in range(3)]
+        async with hub.listen(key, old[-1]) as a:
+            await asyncio.sleep(0.3)  # the reader is blocked from old[-1]
+            assert hub.blocked
+            sync.xadd(key, {"d": "new"})  # no await: the reader cannot run before B joins
+            async with hub.listen(key, "0-0") as b:
+                assert [p for _, p in await _take(b, 4)] == [b"old0", b"old1", b"old2", b"new"]
+                assert [p for _, p in await _take(a, 1)] == [b"new"]
+                await asyncio.sleep(0.2)
+                assert a.queue.empty() and b.queue.empty()
+        await hub.close()
+        sync.delete(key)
 
     asyncio.run(scenario())
