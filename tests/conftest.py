@@ -14,6 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection as _connection
 from django_tenants.utils import schema_context, tenant_context
 
@@ -31,7 +33,8 @@ from devtools.upstream import UpstreamServer
 from tests.support import Persona, Personas
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
-TENANT_TABLES = ("jobs_job", "accounts_apikey", "accounts_user")
+TENANT_TABLES = ("billing_ledgerentry", "billing_userbudget", "jobs_job", "accounts_apikey", "accounts_user")
+PUBLIC_TABLES = ("tenants_apikeyroute", "controls_tenantbudget", "controls_tierbudget", "controls_spendrollup")
 
 
 @pytest.fixture(scope="session")
@@ -144,8 +147,13 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
             with schema_context(tenant.schema_name), _connection.cursor() as cursor:
                 cursor.execute(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE")
         with _connection.cursor() as cursor:
-            cursor.execute("TRUNCATE tenants_apikeyroute")
+            cursor.execute(f"TRUNCATE {', '.join(PUBLIC_TABLES)}")
         tenant_connection().set_schema_to_public()
+        # Budget counters and reservations: every test starts with none.
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for pattern in ("aip:{*}:budget:*", "aip:{*}:resv:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ SHARED_APPS = [
     "django_tenants",
     "apps.tenants",
     "apps.catalog",
+    "apps.controls",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.admin",
@@ -46,6 +47,7 @@ TENANT_APPS = [
     "django.contrib.messages",
     "apps.accounts",
     "apps.jobs",
+    "apps.billing",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -170,6 +172,9 @@ IDEMPOTENCY_WINDOW_SECONDS = env_int("IDEMPOTENCY_WINDOW_SECONDS", 24 * 3600, mi
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5, minimum=0)
 # Catalog rows are read on every submission; operators' edits apply within this.
 CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
+# Budget limits (not the counters, which are atomic in Redis) are cached this long
+# per user: an edited limit takes effect within it.
+BUDGET_CACHE_SECONDS = env_int("BUDGET_CACHE_SECONDS", 5, minimum=0)
 # Provider call timeout. The task's soft limit sits above it so a slow provider
 # fails the job cleanly instead of being killed.
 LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)

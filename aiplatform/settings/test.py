@@ -16,6 +16,7 @@ os.environ.setdefault("IDEMPOTENCY_WINDOW_SECONDS", "86400")
 # Tests revoke keys and edit the catalog, then expect the next request to see it.
 os.environ.setdefault("API_KEY_CACHE_SECONDS", "0")
 os.environ.setdefault("CATALOG_CACHE_SECONDS", "0")
+os.environ.setdefault("BUDGET_CACHE_SECONDS", "0")
 
 from .base import *  # noqa: F403
 

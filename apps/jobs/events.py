@@ -11,7 +11,6 @@ The entry id is the SSE event id, so a listener resumes exactly where it left of
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from apps.core.redis import redis_client
 from apps.tenants.db import current_schema
 
 FINAL_EVENTS = frozenset({"done", "error"})
@@ -30,15 +30,8 @@ def stream_key(*, schema: str, job_id: uuid.UUID | str) -> str:
     return f"aip:{schema}:job:{job_id}"
 
 
-@functools.cache
 def _redis() -> redis.Redis:
-    # Blocking: with hundreds of jobs streaming in one worker (gevent pool), more of
-    # them may append at once than the pool holds; they wait for a connection
-    # instead of failing.
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=10
-    )
-    return redis.Redis(connection_pool=pool)
+    return redis_client()
 
 
 def _encode(event: dict[str, Any]) -> dict[str, str]:

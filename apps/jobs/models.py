@@ -31,6 +31,10 @@ class Job(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     stream = models.BooleanField(default=False)
     input_tokens_estimate = models.PositiveIntegerField(default=0)
+    # Money, in micro-dollars: held against the caller's budgets at admission (the
+    # worst case), then what the call actually cost (also in the ledger).
+    reserved_micros = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(null=True, blank=True)
     # NULL, not "": the unique constraint below must ignore jobs without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)

@@ -103,6 +103,9 @@ def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
     except ApiError as exc:
         if exc.code == "model_not_found":
             exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
+        elif exc.code == "budget_exceeded":
+            # What OpenAI answers when credit runs out (the SDK raises RateLimitError).
+            exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
         raise
     finally:
         release_connection()  # the response follows the job's stream, maybe for minutes

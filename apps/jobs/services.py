@@ -18,11 +18,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.selectors import Principal
+from apps.billing.budgets import budget_release, budget_reserve, budget_settle
+from apps.billing.models import LedgerKind
+from apps.billing.services import call_cost, ledger_record, worst_case_cost
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens
-from apps.tenants.db import release_connection, tenant_connection
+from apps.tenants.db import current_schema, release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
 from .models import Job, JobStatus
@@ -85,20 +88,39 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
     if request.webhook_url:
         webhook_url_check(request.webhook_url)
-    job = Job(
-        user_id=principal.user_id,
-        api_key_id=principal.key_id,
-        model=spec.slug,
-        messages=request.messages,
-        params=request.params,
-        metadata=request.metadata,
-        stream=request.stream,
-        input_tokens_estimate=input_tokens,
-        idempotency_key=idempotency_key or None,
-        request_hash=fingerprint,
-        enqueued_at=timezone.now(),
-        webhook_url=webhook_url,
-    )
+    # Budgets: hold the worst case before the job exists (BudgetExceeded otherwise);
+    # give it back if the job is not stored after all.
+    job_id = uuid.uuid4()
+    worst_case = worst_case_cost(spec, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
+    held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
+    try:
+        job = Job(
+            id=job_id,
+            reserved_micros=worst_case if held else 0,
+            user_id=principal.user_id,
+            api_key_id=principal.key_id,
+            model=spec.slug,
+            messages=request.messages,
+            params=request.params,
+            metadata=request.metadata,
+            stream=request.stream,
+            input_tokens_estimate=input_tokens,
+            idempotency_key=idempotency_key or None,
+            request_hash=fingerprint,
+            enqueued_at=timezone.now(),
+            webhook_url=webhook_url,
+        )
+        stored = _store(job, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint)
+    except BaseException:
+        if held:
+            budget_release(schema=principal.tenant_schema, job_id=job_id)
+        raise
+    if held and stored[0].pk != job_id:  # an idempotent replay: this request made no job
+        budget_release(schema=principal.tenant_schema, job_id=job_id)
+    return stored
+
+
+def _store(job: Job, *, principal: Principal, idempotency_key: str | None, fingerprint: str) -> tuple[Job, bool]:
     if idempotency_key:
         try:
             # A savepoint when the caller holds a transaction: losing the race below
@@ -194,6 +216,9 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
     webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     if job.status == JobStatus.QUEUED:
+        # Never ran: its hold goes back now. A running job's worker settles it
+        # (the provider is already working, and charges for it).
+        budget_release(schema=principal.tenant_schema, job_id=job.pk)
         # Workers drop a revoked message unrun; one that races past the revoke
         # still finds the job cancelled and does nothing.
         from aiplatform.celery import app
@@ -255,7 +280,23 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             webhook_url=job.webhook_url,
         )
         return
-    if _job_succeed(job_id=job.pk, result=result):
+    cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    with transaction.atomic():
+        succeeded = _job_succeed(job_id=job.pk, result=result, cost=cost)
+        # Charged even when the job was cancelled while the provider answered: the
+        # call was made. One charge per attempt (a unique constraint).
+        ledger_record(
+            kind=LedgerKind.CHARGE,
+            user_id=job.user_id,
+            job_id=job.pk,
+            attempt=job.attempts,
+            model=spec.slug,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cost=cost,
+        )
+    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
+    if succeeded:
         relay.final(
             {
                 "type": "usage",
@@ -268,7 +309,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
-def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> bool:
+def _job_succeed(*, job_id: uuid.UUID, result: ChatResult, cost: int) -> bool:
     # Guarded by status: a job cancelled while the provider answered stays cancelled.
     return bool(
         Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
@@ -281,6 +322,7 @@ def _job_succeed(*, job_id: uuid.UUID, result: ChatResult) -> bool:
             provider_latency_ms=result.latency_ms,
             response_model=result.response_model,
             response_id=result.response_id,
+            cost_micros=cost,
             finished_at=timezone.now(),
             lease_expires_at=None,
         )
@@ -307,6 +349,8 @@ def job_fail(
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
+    # Idempotent: also when the job was cancelled meanwhile, its hold goes back.
+    budget_release(schema=current_schema(), job_id=job_id)
     if failed:
         EventRelay(job_id=job_id).final(
             {"type": "error", "error_type": error_type, "message": message, "provider_status": status}

@@ -1,0 +1,40 @@
+"""Money: integer micro-dollars (1 USD = 1,000,000) everywhere it is stored or
+counted, Decimal where prices are. Never float.
+
+Catalog prices are USD per 1M tokens, so `tokens x price` is already in
+micro-dollars: 1,000 tokens at $0.15/Mtok cost 150 micro-dollars. Fractions of a
+micro-dollar round up, so a charge never exceeds the reservation made for at
+least as many tokens.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, Decimal
+
+MICROS_PER_USD = 1_000_000
+
+
+def cost_micros(*, input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> int:
+    """The cost of a call in micro-dollars, rounded up."""
+    total = Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price
+    return int(total.to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd(micros: int) -> Decimal:
+    return Decimal(micros) / MICROS_PER_USD
+
+
+def format_usd(micros: int) -> str:
+    """`$1.234567` trimmed to cents when exact: `$5.00`, `$0.000150`."""
+    value = usd(micros)
+    if value == value.quantize(Decimal("0.01")):
+        return f"${value:.2f}"
+    return f"${value.normalize():f}"
+
+
+def micros_from_usd(value: Decimal | str | int) -> int:
+    """Exact conversion of a dollar amount; refuses sub-micro-dollar precision."""
+    amount = Decimal(value) * MICROS_PER_USD
+    if amount != amount.to_integral_value():
+        raise ValueError(f"{value} USD is not a whole number of micro-dollars")
+    return int(amount)
