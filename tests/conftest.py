@@ -34,7 +34,14 @@ from tests.support import Persona, Personas
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = ("billing_ledgerentry", "billing_userbudget", "jobs_job", "accounts_apikey", "accounts_user")
-PUBLIC_TABLES = ("tenants_apikeyroute", "controls_tenantbudget", "controls_tierbudget", "controls_spendrollup")
+PUBLIC_TABLES = (
+    "tenants_apikeyroute",
+    "controls_tenantbudget",
+    "controls_tierbudget",
+    "controls_spendrollup",
+    "controls_killswitchevent",
+    "controls_killswitch",
+)
 
 
 @pytest.fixture(scope="session")

@@ -175,6 +175,9 @@ CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
 # Budget limits (not the counters, which are atomic in Redis) are cached this long
 # per user: an edited limit takes effect within it.
 BUDGET_CACHE_SECONDS = env_int("BUDGET_CACHE_SECONDS", 5, minimum=0)
+# Active kill switches are read from Postgres at most this often per process (a
+# flip reaches every process within it; the flipping process at once).
+KILL_SWITCH_CACHE_SECONDS = env_int("KILL_SWITCH_CACHE_SECONDS", 2, minimum=0)
 # Provider call timeout. The task's soft limit sits above it so a slow provider
 # fails the job cleanly instead of being killed.
 LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)

@@ -17,6 +17,7 @@ os.environ.setdefault("IDEMPOTENCY_WINDOW_SECONDS", "86400")
 os.environ.setdefault("API_KEY_CACHE_SECONDS", "0")
 os.environ.setdefault("CATALOG_CACHE_SECONDS", "0")
 os.environ.setdefault("BUDGET_CACHE_SECONDS", "0")
+os.environ.setdefault("KILL_SWITCH_CACHE_SECONDS", "0")
 
 from .base import *  # noqa: F403
 

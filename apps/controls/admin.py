@@ -1,12 +1,14 @@
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
 from django.http import HttpRequest
 
 from apps.billing.money import format_usd
 from apps.core.admin_sites import operator_site
 
-from .models import SpendRollup, TenantBudget, TierBudget
+from .models import KillSwitch, KillSwitchEvent, SpendRollup, TenantBudget, TierBudget
+from .switches import switches_cache_clear
 
 
 @admin.register(TenantBudget, site=operator_site)
@@ -46,3 +48,37 @@ class SpendRollupAdmin(admin.ModelAdmin[SpendRollup]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class KillSwitchEventInline(admin.TabularInline[KillSwitchEvent, KillSwitch]):
+    model = KillSwitchEvent
+    extra = 0
+    fields = ("at", "active", "actor", "reason")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(KillSwitch, site=operator_site)
+class KillSwitchAdmin(admin.ModelAdmin[KillSwitch]):
+    """Every save is audited (who, when, why) as a KillSwitchEvent."""
+
+    list_display = ("__str__", "level", "active", "automatic", "reason", "updated_by", "updated_at")
+    list_filter = ("level", "active", "automatic")
+    fields = ("level", "tenant", "user_id", "user_email", "model", "active", "reason")
+    inlines = (KillSwitchEventInline,)
+
+    def save_model(self, request: HttpRequest, obj: KillSwitch, form: Any, change: bool) -> None:
+        actor = request.user.get_username()
+        obj.updated_by = actor
+        if not obj.active:
+            obj.automatic, obj.period = False, ""
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            KillSwitchEvent.objects.create(switch=obj, active=obj.active, actor=actor, reason=obj.reason)
+        switches_cache_clear()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # turn it off instead: the audit trail stays

@@ -76,3 +76,73 @@ class SpendRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.day} {self.model}"
+
+
+class SwitchLevel(models.TextChoices):
+    GLOBAL = "global", "Global (all AI)"
+    TENANT = "tenant", "Tenant"
+    USER = "user", "User"
+    MODEL = "model", "Model"
+
+
+class KillSwitch(models.Model):
+    """AI switched off for everything, a tenant, a user or a model. Checked at
+    admission and again by the worker before the call. `automatic` switches were
+    flipped by a hard budget limit and are cleared when that period resets."""
+
+    level = models.CharField(max_length=8, choices=SwitchLevel.choices)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    # A user lives in its tenant's schema: referenced by id (and email, for people).
+    user_id = models.PositiveIntegerField(null=True, blank=True)
+    user_email = models.EmailField(blank=True)
+    model = models.CharField(max_length=64, blank=True, help_text="Catalog slug, for a model switch.")
+    active = models.BooleanField(default=True, help_text="On: AI is off for this scope.")
+    automatic = models.BooleanField(default=False, editable=False)
+    period = models.CharField(max_length=16, blank=True, editable=False, help_text="The budget period that flipped it.")
+    reason = models.TextField()
+    updated_by = models.CharField(max_length=150, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["level", "tenant", "user_id", "model"], nulls_distinct=False, name="one_switch_per_scope"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(level="global", tenant__isnull=True, user_id__isnull=True, model="")
+                    | models.Q(level="tenant", tenant__isnull=False, user_id__isnull=True, model="")
+                    | models.Q(level="user", tenant__isnull=False, user_id__isnull=False, model="")
+                    | (models.Q(level="model", tenant__isnull=True, user_id__isnull=True) & ~models.Q(model=""))
+                ),
+                name="switch_scope_matches_level",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.describe()} ({'on' if self.active else 'off'})"
+
+    def describe(self) -> str:
+        if self.level == SwitchLevel.GLOBAL:
+            return "all AI"
+        if self.level == SwitchLevel.TENANT:
+            return f"tenant {self.tenant.schema_name if self.tenant else '?'}"
+        if self.level == SwitchLevel.USER:
+            return f"user {self.user_email or self.user_id}"
+        return f"model {self.model}"
+
+
+class KillSwitchEvent(models.Model):
+    """The audit trail: every flip, who did it, when and why."""
+
+    switch = models.ForeignKey(KillSwitch, on_delete=models.CASCADE, related_name="events")
+    active = models.BooleanField()
+    actor = models.CharField(max_length=150)
+    reason = models.TextField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.actor} turned {'on' if self.active else 'off'} {self.switch.describe()}"

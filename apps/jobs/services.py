@@ -22,6 +22,7 @@ from apps.billing.budgets import budget_release, budget_reserve, budget_settle
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, ledger_record, worst_case_cost
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
+from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens
@@ -84,6 +85,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             return replay, False
 
     spec = _admissible_model(request.model)
+    switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
     input_tokens = _check_size(spec, request)
     webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
     if request.webhook_url:
@@ -261,6 +263,11 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     if job is None:
         logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return
+    switch = switch_blocking(tenant_schema=current_schema(), user_id=job.user_id, model=job.model)
+    if switch is not None:
+        # Queued before the switch flipped: cancelled, never run.
+        _job_cancel_switched(job=job, what=switch.what, reason=switch.reason)
+        return
     spec = model_get(job.model)
     relay = EventRelay(job_id=job.pk)
     release_connection()  # the provider call may take minutes; the pool should not wait
@@ -306,6 +313,21 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             },
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
+        webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+
+
+def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
+    cancelled = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+        status=JobStatus.CANCELLED,
+        error_type="ai_disabled",
+        error_message=f"AI was switched off for {what} before the job ran: {reason}",
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    budget_release(schema=current_schema(), job_id=job.pk)
+    if cancelled:
+        logger.info("job %s cancelled in the worker: AI is switched off for %s", job.pk, what)
+        job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
