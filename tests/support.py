@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,3 +86,35 @@ def sse_events(response: httpx.Response, *, limit: int | None = None) -> list[tu
             if limit is not None and len(events) >= limit:
                 break
     return events
+
+
+class Receiver:
+    """An ASGI webhook receiver that records what it gets and can fail on purpose."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.fail_next = 0
+        self.url = ""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append({"headers": headers, "body": body})
+        status = 500 if self.fail_next > 0 else 204
+        self.fail_next -= 1
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def verify_webhook(secret: str, delivery: dict[str, Any]) -> dict[str, Any]:
+    headers, body = delivery["headers"], delivery["body"]
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert hmac.compare_digest(headers["webhook-signature"], expected)
+    return json.loads(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import django_stubs_ext
+from celery.schedules import crontab
 
 from aiplatform.sentry import init_sentry
 
@@ -250,6 +251,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": "default", "expires": 55},
     },
+    "budgets-reset": {
+        "task": "budgets.reset",
+        # Just after each UTC midnight (a month also ends at one): clears the kill
+        # switches the ended periods' hard limits flipped. Safe to run twice.
+        "schedule": crontab(minute="0,30", hour="0"),
+        "options": {"queue": "default", "expires": 1500},
+    },
 }
 
 # --- Sentry (nothing is sent unless SENTRY_DSN is set)
@@ -278,6 +286,6 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aiplatform@localhost")
 
 # Task modules, declared once (a worker imports them all at start).
-CELERY_IMPORTS = ("tasks.jobs", "tasks.webhooks")
+CELERY_IMPORTS = ("tasks.jobs", "tasks.webhooks", "tasks.alerts", "tasks.budgets")
 # Workers cache tenant rows by schema instead of querying the public schema per task.
 CELERY_TASK_TENANT_CACHE_SECONDS = 60

@@ -150,35 +150,35 @@ def budget_cache_clear() -> None:
     _budget_cache.clear()
 
 
-def budgets_for(principal: Principal) -> tuple[Budget, ...]:
+def budgets_for(*, tenant_schema: str, user_id: int, tier: str) -> tuple[Budget, ...]:
     """The budgets that apply to a caller: per period, the user's own (else their
     tier's default), and the tenant's. Cached for BUDGET_CACHE_SECONDS."""
 
     def load() -> tuple[Budget, ...]:
         found: list[Budget] = []
-        own = {b.period: b for b in UserBudget.objects.filter(user_id=principal.user_id)}
-        tier = {b.period: b for b in TierBudget.objects.filter(tier=principal.tier)}
+        own = {b.period: b for b in UserBudget.objects.filter(user_id=user_id)}
+        tier_defaults = {b.period: b for b in TierBudget.objects.filter(tier=tier)}
         for period in Period.values:
             if period in own:
                 row: Any = own[period]
                 source = "user"
-            elif period in tier:
-                row, source = tier[period], f"tier:{principal.tier}"
+            elif period in tier_defaults:
+                row, source = tier_defaults[period], f"tier:{tier}"
             else:
                 continue
             found.append(Budget("user", period, micros_from_usd(row.limit_usd), row.soft_percent, source))
-        for row in TenantBudget.objects.filter(tenant__schema_name=principal.tenant_schema):
+        for row in TenantBudget.objects.filter(tenant__schema_name=tenant_schema):
             found.append(Budget("tenant", row.period, micros_from_usd(row.limit_usd), row.soft_percent, "tenant"))
         return tuple(found)
 
-    return _budget_cache.get_or_load((principal.tenant_schema, principal.user_id), settings.BUDGET_CACHE_SECONDS, load)
+    return _budget_cache.get_or_load((tenant_schema, user_id, tier), settings.BUDGET_CACHE_SECONDS, load)
 
 
 def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: int) -> bool:
     """Hold `amount_micros` against every budget of the caller, or raise
     BudgetExceeded naming the first that cannot take it. False when no budget
     applies (nothing is held). Idempotent per job."""
-    budgets = budgets_for(principal)
+    budgets = budgets_for(tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier)
     if not budgets:
         return False
     now = timezone.now()
@@ -200,14 +200,76 @@ def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: in
         if result[0] == -1:
             _hydrate(keys[index], budgets[index], windows[index], principal)
             continue
-        raise BudgetExceeded(
+        refused = BudgetExceeded(
             budget=budgets[index],
             window=windows[index],
             spent=int(result[2]),
             reserved=int(result[3]),
             amount=amount_micros,
         )
+        _hard_limit_reached(principal, budgets[index], windows[index], spent=int(result[2]), refused=refused)
+        raise refused
     raise RuntimeError("budget counters kept disappearing while reserving")  # pragma: no cover
+
+
+def _hard_limit_reached(
+    principal: Principal, budget: Budget, window: Window, *, spent: int, refused: BudgetExceeded
+) -> None:
+    """The first refusal of a period is the hard limit reached: alert once, and
+    switch the user (or tenant) off until the period resets (reset_budgets clears
+    automatic switches). An operator who turns that switch back off mid-period is
+    not overruled: the alert, and with it the flip, happen once per period."""
+    from apps.controls.models import SwitchLevel
+    from apps.controls.switches import switch_set
+    from apps.tenants.models import Tenant
+
+    from .alerts import alert_once
+
+    if not alert_once(
+        schema=principal.tenant_schema,
+        budget=budget,
+        window=window,
+        kind="hard",
+        spent=spent,
+        user_id=principal.user_id,
+        user_email=principal.email,
+    ):
+        return
+    tenant = Tenant.objects.get(schema_name=principal.tenant_schema)
+    if budget.scope == "tenant":
+        switch_set(level=SwitchLevel.TENANT, tenant=tenant, active=True, actor="system:budget",
+                   reason=refused.message, automatic=True, period=window.ident)  # fmt: skip
+    else:
+        switch_set(level=SwitchLevel.USER, tenant=tenant, user_id=principal.user_id, user_email=principal.email,
+                   active=True, actor="system:budget", reason=refused.message, automatic=True,
+                   period=window.ident)  # fmt: skip
+
+
+def budget_after_charge(*, tenant_schema: str, user_id: int, tier: str, email: str) -> None:
+    """After a settlement: alert once per period for each budget whose spend crossed
+    its soft threshold."""
+    from .alerts import alert_once
+
+    budgets = budgets_for(tenant_schema=tenant_schema, user_id=user_id, tier=tier)
+    if not budgets:
+        return
+    now = timezone.now()
+    windows = [period_window(b.period, now) for b in budgets]
+    pipe = redis_client().pipeline(transaction=False)
+    for budget, window in zip(budgets, windows, strict=True):
+        pipe.hget(counter_key(schema=tenant_schema, scope=budget.scope, user_id=user_id, window=window), "spent")
+    for budget, window, raw in zip(budgets, windows, pipe.execute(), strict=True):
+        spent = int(raw or 0)
+        if spent * 100 >= budget.limit_micros * budget.soft_percent:
+            alert_once(
+                schema=tenant_schema,
+                budget=budget,
+                window=window,
+                kind="soft",
+                spent=spent,
+                user_id=user_id,
+                user_email=email,
+            )
 
 
 def _hydrate(key: str, budget: Budget, window: Window, principal: Principal) -> None:

@@ -5,9 +5,11 @@ KILL_SWITCH_CACHE_SECONDS, and a flip clears this process's copy at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from rest_framework import status
 
 from apps.core.errors import ApiError
@@ -25,6 +27,20 @@ class ActiveSwitch:
     model: str
     what: str
     reason: str
+    automatic: bool = False
+
+
+class BudgetSwitchedOff(ApiError):
+    """An automatic switch: a hard budget limit was reached this period. Answered
+    like the refusal that flipped it (402 budget_exceeded; 429 insufficient_quota
+    on /v1), since it is about money, not permission."""
+
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    code = "budget_exceeded"
+
+    def __init__(self, switch: ActiveSwitch) -> None:
+        super().__init__(f"AI is switched off for {switch.what} until its budget period ends. {switch.reason}")
+        self.switch = switch
 
 
 class AiDisabled(ApiError):
@@ -54,6 +70,7 @@ def _active() -> tuple[ActiveSwitch, ...]:
                 model=s.model,
                 what=s.describe(),
                 reason=s.reason,
+                automatic=s.automatic,
             )
             for s in KillSwitch.objects.filter(active=True).select_related("tenant")
         )
@@ -80,7 +97,7 @@ def switch_blocking(*, tenant_schema: str, user_id: int, model: str) -> ActiveSw
 def switch_check(*, tenant_schema: str, user_id: int, model: str) -> None:
     switch = switch_blocking(tenant_schema=tenant_schema, user_id=user_id, model=model)
     if switch is not None:
-        raise AiDisabled(switch)
+        raise BudgetSwitchedOff(switch) if switch.automatic else AiDisabled(switch)
 
 
 def switch_set(
@@ -112,3 +129,44 @@ def switch_set(
         KillSwitchEvent.objects.create(switch=switch, active=active, actor=actor, reason=reason)
     switches_cache_clear()
     return switch
+
+
+def _period_ended(ident: str, now: datetime) -> bool:
+    """`d20261127` / `m202611`: has that period ended by `now` (UTC)?"""
+    current = now.astimezone(UTC).strftime("d%Y%m%d" if ident.startswith("d") else "m%Y%m")
+    return ident < current
+
+
+def switches_reset(
+    *,
+    period: str | None = None,
+    tenant_schema: str | None = None,
+    user_email: str | None = None,
+    dry_run: bool = False,
+    actor: str = "system:reset_budgets",
+    now: datetime | None = None,
+) -> list[KillSwitch]:
+    """Clear the automatic switches (budget hard limits) whose period has ended;
+    returns them. Manual switches are never touched. Running it twice clears
+    nothing the second time."""
+    now = now or timezone.now()
+    switches = KillSwitch.objects.filter(active=True, automatic=True).select_related("tenant")
+    if period:
+        switches = switches.filter(period__startswith=period[0])  # "day" -> d..., "month" -> m...
+    if tenant_schema:
+        switches = switches.filter(tenant__schema_name=tenant_schema)
+    if user_email:
+        switches = switches.filter(user_email=user_email)
+    ended = [s for s in switches if _period_ended(s.period, now)]
+    if not dry_run:
+        for switch in ended:
+            switch_set(
+                level=SwitchLevel(switch.level),
+                tenant=switch.tenant,
+                user_id=switch.user_id,
+                model=switch.model,
+                active=False,
+                actor=actor,
+                reason=f"budget period {switch.period} ended",
+            )
+    return ended

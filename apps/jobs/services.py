@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.selectors import Principal
-from apps.billing.budgets import budget_release, budget_reserve, budget_settle
+from apps.billing.budgets import budget_after_charge, budget_release, budget_reserve, budget_settle
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, ledger_record, worst_case_cost
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
@@ -303,6 +303,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             cost=cost,
         )
     budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
+    budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
     if succeeded:
         relay.final(
             {

@@ -20,6 +20,10 @@ class Tenant(TenantMixin):
     # signs every delivery (Standard Webhooks style).
     webhook_url = models.URLField(max_length=2000, blank=True)
     webhook_secret = models.CharField(max_length=100, default=new_webhook_secret)
+    # Budget alerts (soft threshold, hard limit): an email and a webhook signed with
+    # the same secret; either may be left empty.
+    alert_email = models.EmailField(blank=True)
+    alert_webhook_url = models.URLField(max_length=2000, blank=True)
 
     auto_create_schema = True
     auto_drop_schema = False

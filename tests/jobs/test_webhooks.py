@@ -3,61 +3,14 @@ backoff, refusal of private addresses."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-from typing import Any
 
 import pytest
 
 from apps.tenants.models import Tenant
-from devtools.serve import ThreadedUvicorn
-from tests.support import Personas, job_until_final, wait_for
+from tests.support import Personas, job_until_final, verify_webhook, wait_for
 
 CHAT = {"model": "local-small", "messages": [{"role": "user", "content": "notify me"}]}
-
-
-class Receiver:
-    """An ASGI webhook receiver that records what it gets and can fail on purpose."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.fail_next = 0
-        self.url = ""
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.received.append({"headers": headers, "body": body})
-        status = 500 if self.fail_next > 0 else 204
-        self.fail_next -= 1
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
-
-
-@pytest.fixture
-def receiver():
-    app = Receiver()
-    server = ThreadedUvicorn(app, name="webhook-receiver")
-    server.start()
-    app.url = f"{server.url}/hooks/jobs"
-    yield app
-    server.stop()
-
-
-def _verify(secret: str, delivery: dict[str, Any]) -> dict[str, Any]:
-    headers, body = delivery["headers"], delivery["body"]
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    assert hmac.compare_digest(headers["webhook-signature"], expected)
-    return json.loads(body)
 
 
 def test_finished_job_gets_one_signed_delivery(worker, committed_personas: Personas, receiver):
@@ -66,7 +19,7 @@ def test_finished_job_gets_one_signed_delivery(worker, committed_personas: Perso
     final = job_until_final(client, job["id"])
     wait_for(lambda: receiver.received)
     secret = Tenant.objects.get(schema_name="acme").webhook_secret
-    payload = _verify(secret, receiver.received[0])
+    payload = verify_webhook(secret, receiver.received[0])
     assert payload["id"] == job["id"]
     assert payload["status"] == "succeeded"
     assert payload["output"] == final["output"] == "Echo: notify me"

@@ -1,0 +1,95 @@
+"""Budget alerts: the soft threshold and the hard limit, each once per budget and
+period (a Redis SET NX decides), sent by a Celery task as a log line, an email
+(Django's mail backend) and a signed webhook to the tenant's alert URL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import send_mail
+
+from apps.core.errors import InvalidRequest
+from apps.core.redis import redis_client
+from apps.jobs.webhooks import webhook_sign, webhook_url_check
+from apps.tenants.models import Tenant
+
+from .budgets import COUNTER_GRACE, Budget, Window
+from .money import format_usd
+
+logger = logging.getLogger(__name__)
+
+
+def alert_once(
+    *, schema: str, budget: Budget, window: Window, kind: str, spent: int, user_id: int, user_email: str
+) -> bool:
+    """Queue one alert of this kind for this budget and period; False if it was already sent."""
+    who = "tenant" if budget.scope == "tenant" else f"user:{user_id}"
+    key = f"aip:{{{schema}}}:alert:{who}:{window.ident}:{kind}"
+    ttl = int((window.end + COUNTER_GRACE - window.start).total_seconds())
+    if not redis_client().set(key, 1, nx=True, ex=ttl):
+        return False
+    payload = {
+        "type": f"budget.{kind}",
+        "tenant": schema,
+        "scope": budget.scope,
+        "user": user_email if budget.scope == "user" else None,
+        "period": budget.period,
+        "period_start": window.start.isoformat(),
+        "period_end": window.end.isoformat(),
+        "limit_usd": str(format_usd(budget.limit_micros)),
+        "spent_usd": str(format_usd(spent)),
+        "soft_percent": budget.soft_percent,
+    }
+    from tasks.alerts import alert_send
+
+    alert_send.apply_async(kwargs={"payload": payload})
+    return True
+
+
+def alert_deliver(payload: dict[str, Any]) -> None:
+    """Log it, mail it, post it (signed). Raises when the webhook failed, so the
+    task retries; the log line and the mail are sent on the first attempt only
+    (`attempt` in the payload)."""
+    tenant = Tenant.objects.get(schema_name=payload["tenant"])
+    whose = payload["user"] or f"tenant {tenant.schema_name}"
+    what = "soft threshold" if payload["type"] == "budget.soft" else "hard limit"
+    summary = (
+        f"Budget {what} reached for {whose}: {payload['spent_usd']} of the {payload['period']}ly "
+        f"{payload['limit_usd']} (period ends {payload['period_end']})."
+    )
+    if payload.get("attempt", 1) == 1:
+        logger.warning("budget alert: %s", summary)
+        if tenant.alert_email:
+            send_mail(
+                subject=f"[aiplatform] {summary[:120]}",
+                message=summary,
+                from_email=None,
+                recipient_list=[tenant.alert_email],
+            )
+    if tenant.alert_webhook_url:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        timestamp = int(time.time())
+        message_id = f"alert_{payload['tenant']}_{payload['period_start']}_{payload['type']}_{payload['user']}"
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "aiplatform-webhooks/1",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": webhook_sign(
+                secret=tenant.webhook_secret, message_id=message_id, timestamp=timestamp, body=body
+            ),
+        }
+        try:
+            webhook_url_check(tenant.alert_webhook_url)
+        except InvalidRequest as exc:
+            logger.error("budget alert webhook refused for %s: %s", tenant.schema_name, exc.message)
+            return
+        request = urllib.request.Request(tenant.alert_webhook_url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS):
+            pass
