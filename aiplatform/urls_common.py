@@ -8,6 +8,7 @@ from apps.core.views import not_found
 
 urlpatterns = [
     path("api/v1/", include("apps.jobs.urls")),
+    path("api/v1/", include("apps.billing.urls")),
     path("v1/", include("apps.jobs.urls_openai")),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(

@@ -26,6 +26,9 @@ class ApiKey(models.Model):
     secret_hash = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    is_admin = models.BooleanField(
+        default=False, help_text="A tenant admin key: reads the whole tenant's usage, not only its user's."
+    )
 
     class Meta:
         verbose_name = "API key"

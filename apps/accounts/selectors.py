@@ -22,6 +22,7 @@ class Principal:
     tier: str
     key_id: int
     key_prefix: str
+    is_admin: bool = False
 
     # DRF's IsAuthenticated reads these.
     is_authenticated = True
@@ -55,6 +56,7 @@ def principal_for_key(key: ParsedKey) -> Principal | None:
             tier=row.user.tier,
             key_id=row.pk,
             key_prefix=row.prefix,
+            is_admin=row.is_admin,
         )
         return row.secret_hash, principal
 

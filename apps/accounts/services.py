@@ -24,7 +24,7 @@ def user_get_or_create(*, email: str, tier: str | None = None) -> tuple[User, bo
     return user, created
 
 
-def api_key_create(*, user: User, name: str = "") -> tuple[ApiKey, str]:
+def api_key_create(*, user: User, name: str = "", is_admin: bool = False) -> tuple[ApiKey, str]:
     """Create a key for `user` (current tenant schema). Returns the row and the raw
     key, which is not stored anywhere and cannot be shown again."""
     tenant = tenant_connection().tenant
@@ -38,7 +38,11 @@ def api_key_create(*, user: User, name: str = "") -> tuple[ApiKey, str]:
                 # the two rows consistent.
                 ApiKeyRoute.objects.create(prefix=parsed.prefix, tenant=tenant)
                 key = ApiKey.objects.create(
-                    user=user, name=name, prefix=parsed.prefix, secret_hash=hash_secret(parsed.secret)
+                    user=user,
+                    name=name,
+                    prefix=parsed.prefix,
+                    secret_hash=hash_secret(parsed.secret),
+                    is_admin=is_admin,
                 )
             return key, raw
         except IntegrityError:

@@ -16,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--email", required=True)
         parser.add_argument("--tier", choices=Tier.values, help="Set the user's tier (default for new users: standard)")
         parser.add_argument("--name", default="", help="A label for the key")
+        parser.add_argument("--admin", action="store_true", help="A tenant admin key (reads the tenant's usage)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant = Tenant.objects.filter(schema_name=options["tenant"]).exclude(schema_name="public").first()
@@ -23,7 +24,7 @@ class Command(BaseCommand):
             raise CommandError(f"No tenant with schema {options['tenant']!r}.")
         with tenant_context(tenant):
             user, created = user_get_or_create(email=options["email"], tier=options["tier"])
-            _, raw = api_key_create(user=user, name=options["name"])
+            _, raw = api_key_create(user=user, name=options["name"], is_admin=options["admin"])
         verb = "Created user" if created else "User"
         self.stdout.write(f"{verb} {user.email} ({user.tier}) in {tenant.schema_name}.")
         self.stdout.write("API key (shown once, store it now):")
