@@ -251,6 +251,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": "default", "expires": 55},
     },
+    "budgets-sweep": {
+        "task": "budgets.sweep",
+        "schedule": 300.0,
+        "options": {"queue": "default", "expires": 290},
+    },
     "budgets-reset": {
         "task": "budgets.reset",
         # Just after each UTC midnight (a month also ends at one): clears the kill

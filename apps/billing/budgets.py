@@ -25,6 +25,7 @@ settling twice changes nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ for i = 1, n do
   if spent + reserved + amount > tonumber(ARGV[2 + i]) then return {0, i, spent, reserved} end
 end
 for i = 1, n do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
-redis.call('HSET', KEYS[n + 1], 'amount', amount, 'counters', table.concat(KEYS, ' ', 1, n))
+redis.call('HSET', KEYS[n + 1], 'amount', amount, 'counters', table.concat(KEYS, ' ', 1, n),
+           'at', redis.call('TIME')[1])
 redis.call('EXPIRE', KEYS[n + 1], tonumber(ARGV[2]))
 return {1}
 """
@@ -291,6 +293,30 @@ def budget_settle(*, schema: str, job_id: uuid.UUID, actual_micros: int) -> bool
     """Turn a job's reservation into its actual cost (once)."""
     settle = redis_client().register_script(_SETTLE)
     return bool(settle(keys=[reservation_key(schema=schema, job_id=job_id)], args=[actual_micros]))
+
+
+def reservations_sweep(*, schema: str, stale_after_seconds: int = 600) -> dict[str, int]:
+    """Repair holds that nothing will settle, in one tenant (beat, every few
+    minutes): a job that ended without settling (its worker died, the sweeper
+    failed it) gets its charge, or nothing, settled; a hold whose job was never
+    stored (the web process died between the two) is released once it is older
+    than `stale_after_seconds`. Jobs still queued or running keep theirs."""
+    from apps.jobs.models import FINAL_STATUSES, Job
+
+    client = redis_client()
+    now = time.time()
+    settled = released = 0
+    for raw in client.scan_iter(match=f"aip:{{{schema}}}:resv:*", count=500):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        job_id = key.rsplit(":", 1)[1]
+        job = Job.objects.filter(pk=job_id).values("status", "cost_micros").first()
+        if job is None:
+            at = client.hget(key, "at")
+            if at is not None and now - float(at) > stale_after_seconds:
+                released += budget_release(schema=schema, job_id=uuid.UUID(job_id))
+        elif job["status"] in FINAL_STATUSES:
+            settled += budget_settle(schema=schema, job_id=uuid.UUID(job_id), actual_micros=job["cost_micros"] or 0)
+    return {"settled": settled, "released": released}
 
 
 def budget_release(*, schema: str, job_id: uuid.UUID) -> bool:

@@ -25,7 +25,7 @@ from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
-from apps.llm.tokens import count_message_tokens
+from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
@@ -278,6 +278,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         # and a broken stream is caught instead of returned as a short answer.
         result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
     except ProviderError as exc:
+        if exc.partial_output and spec is not None:
+            _charge_and_refund(job=job, spec=spec, output=exc.partial_output)
         job_fail(
             job_id=job.pk,
             error_type=exc.error_type,
@@ -315,6 +317,25 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+
+
+def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
+    """A call that failed after the provider generated text: the provider bills
+    those tokens, so the ledger shows the charge, and the refund that gives it
+    back (the user got no answer). Both unique per attempt; the hold is released."""
+    input_tokens, output_tokens = job.input_tokens_estimate, count_text_tokens(output)
+    cost = call_cost(spec, input_tokens=input_tokens, output_tokens=output_tokens)
+    common: dict[str, Any] = {
+        "user_id": job.user_id,
+        "job_id": job.pk,
+        "attempt": job.attempts,
+        "model": spec.slug,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+    }
+    with transaction.atomic():
+        ledger_record(kind=LedgerKind.CHARGE, cost=cost, note="partial stream (counted)", **common)
+        ledger_record(kind=LedgerKind.REFUND, cost=-cost, note="the call failed: no answer", **common)
 
 
 def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:

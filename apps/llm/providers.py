@@ -33,12 +33,23 @@ class ProviderError(Exception):
     """A provider call that did not produce an answer. `error_type` is ours (stable
     for clients); `status` and `message` are the provider's own, kept verbatim."""
 
-    def __init__(self, error_type: str, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        partial_output: str = "",
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.status = status
         self.code = code
+        # Text the provider had streamed before it failed: it generated (and bills)
+        # those tokens even though the call produced no answer.
+        self.partial_output = partial_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +185,9 @@ def chat_stream(
     except (openai.APIConnectionError, httpx2.TransportError) as exc:
         if pieces:
             raise ProviderError(
-                "provider_stream_broken", f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}"
+                "provider_stream_broken",
+                f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}",
+                partial_output="".join(pieces),
             ) from exc
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
@@ -187,7 +200,9 @@ def chat_stream(
         raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
     if finish_reason is None:
         raise ProviderError(
-            "provider_stream_broken", f"The stream from {spec.slug} ended without a finish reason (truncated answer)."
+            "provider_stream_broken",
+            f"The stream from {spec.slug} ended without a finish reason (truncated answer).",
+            partial_output="".join(pieces),
         )
     output = "".join(pieces)
     if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:

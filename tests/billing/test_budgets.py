@@ -3,6 +3,7 @@ real worker, real Valkey and Postgres."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -238,3 +239,48 @@ def test_money_helpers_are_exact():
     assert cost_micros(input_tokens=1, output_tokens=1, input_price=Decimal("0.15"), output_price=Decimal("0.6")) == 1
     assert format_usd(5_000_000) == "$5.00"
     assert format_usd(150) == "$0.00015"
+
+
+def test_a_call_that_breaks_mid_stream_is_charged_and_refunded(worker, committed_personas: Personas, upstream):
+    alice = committed_personas.alice
+    _give_budget(alice, 100 * _worst_case())
+    upstream.add_faults({"model": "local-small", "kind": "cut_stream", "after_chunks": 2})
+    client = alice.client()
+    body = {"model": "local-small", "messages": [{"role": "user", "content": "one two three four five"}],
+            "max_tokens": MAX_TOKENS}  # fmt: skip
+    job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
+    assert job["status"] == "failed" and job["error"]["type"] == "provider_stream_broken"
+    with tenant_context(alice.tenant):
+        entries = list(LedgerEntry.objects.filter(job_id=job["id"]).order_by("id"))
+    assert [e.kind for e in entries] == [LedgerKind.CHARGE, LedgerKind.REFUND]
+    charge, refund = entries
+    assert charge.cost_micros > 0 and refund.cost_micros == -charge.cost_micros
+    assert charge.output_tokens > 0 and charge.attempt == refund.attempt == 1
+    assert _ledger_total(alice) == 0
+    assert _counter(alice) == {"spent": 0, "reserved": 0}
+
+
+def test_sweep_settles_ended_jobs_and_releases_orphaned_holds(committed_personas: Personas, platform):
+    from apps.accounts.selectors import Principal
+    from apps.billing.budgets import budget_reserve, reservations_sweep
+
+    alice = committed_personas.alice
+    _give_budget(alice, 100 * _worst_case())
+    principal = Principal(tenant_schema="acme", user_id=alice.user_id, email=alice.email, tier="standard",
+                          key_id=0, key_prefix="")  # fmt: skip
+    store = redis.Redis.from_url(settings.REDIS_URL)
+    with tenant_context(alice.tenant):
+        ended = Job.objects.create(user_id=alice.user_id, model="local-small", messages=MESSAGES,
+                                   status=JobStatus.SUCCEEDED, cost_micros=42)  # fmt: skip
+        waiting = Job.objects.create(user_id=alice.user_id, model="local-small", messages=MESSAGES)
+        orphan = uuid.uuid4()  # a hold whose job was never stored
+        for job_id in (ended.pk, waiting.pk, orphan):
+            assert budget_reserve(principal=principal, job_id=job_id, amount_micros=1000)
+        assert _counter(alice) == {"spent": 0, "reserved": 3000}
+
+        assert reservations_sweep(schema="acme") == {"settled": 1, "released": 0}  # the orphan is too young
+        assert _counter(alice) == {"spent": 42, "reserved": 2000}
+        assert reservations_sweep(schema="acme", stale_after_seconds=-1) == {"settled": 0, "released": 1}
+        assert _counter(alice) == {"spent": 42, "reserved": 1000}  # the queued job keeps its hold
+        assert store.exists(reservation_key(schema="acme", job_id=waiting.pk))
+        Job.objects.filter(pk__in=[ended.pk, waiting.pk]).update(status=JobStatus.CANCELLED)
