@@ -40,6 +40,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.submission
 	$(PY) -m bench.worker_pool
 	$(PY) -m bench.delivery
+	$(PY) -m bench.admission
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)

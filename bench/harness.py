@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 
 from devtools import embedded
 from devtools.run import expand, parse_procfile
@@ -101,9 +102,12 @@ class Platform:
         return process
 
     def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
-        ).stdout
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
+        )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stderr[-3000:]}")
+        return done.stdout
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
@@ -161,6 +165,10 @@ def platform(
             "from apps.catalog.models import LLMModel; "
             f"LLMModel.objects.filter(slug='local-small').update(base_url='http://127.0.0.1:{plat.upstream_port}/v1')",
         )
+        # A run starts with no jobs, ledger entries or budgets of earlier runs (an
+        # interrupted run leaves jobs `running` that nobody will finish here).
+        with psycopg.connect(services.database_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE demo.jobs_job, demo.billing_userbudget, public.controls_tenantbudget CASCADE")
         plat.api_key = plat.manage("create_api_key", "--tenant", "demo", "--email", "bench@demo.test").split()[-1]
         procfile = parse_procfile(ROOT / "Procfile")
         proc_env = {

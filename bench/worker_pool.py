@@ -1,5 +1,5 @@
-"""Which pool for LLM workers? End-to-end jobs/s and worker CPU per job for a thread
-pool and a prefork pool, with the upstream answering at once and after 200 ms
+"""Which pool for LLM workers? End-to-end jobs/s and worker CPU per job for the
+gevent pool, a thread pool and a prefork pool, with the upstream answering at once and after 200 ms
 (a realistic provider is slower still). Prints one JSON object.
 
     .venv/bin/python -m bench.worker_pool [--jobs 600]
@@ -16,8 +16,9 @@ from bench.harness import platform
 from bench.submission import end_to_end
 
 CELLS = [
-    # (pool, concurrency): threads as shipped; prefork with one process per core
-    # (what a CPU-bound worker would use) and with as many processes as threads.
+    # (pool, concurrency): gevent as shipped; threads as before it; prefork with one
+    # process per core (what a CPU-bound worker would use) and with more.
+    ("gevent", 500),
     ("threads", 32),
     ("prefork", 2),
     ("prefork", 8),

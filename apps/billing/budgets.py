@@ -25,6 +25,7 @@ settling twice changes nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
+from redis.commands.core import Script
 from rest_framework import status
 
 from apps.accounts.selectors import Principal
@@ -90,6 +92,12 @@ end
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+@functools.cache
+def _script(source: str) -> Script:
+    """A registered script (EVALSHA, loaded on first use), made once per process."""
+    return redis_client().register_script(source)
 
 
 @dataclass(frozen=True)
@@ -192,8 +200,7 @@ def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: in
     ]
     keys.append(reservation_key(schema=schema, job_id=job_id))
     limits = [b.limit_micros for b in budgets]
-    client = redis_client()
-    reserve = client.register_script(_RESERVE)
+    reserve = _script(_RESERVE)
     for _ in range(len(budgets) + 1):
         result: Sequence[int] = reserve(keys=keys, args=[amount_micros, RESERVATION_TTL_SECONDS, *limits])
         if result[0] == 1:
@@ -291,7 +298,7 @@ def _hydrate(key: str, budget: Budget, window: Window, principal: Principal) -> 
 
 def budget_settle(*, schema: str, job_id: uuid.UUID, actual_micros: int) -> bool:
     """Turn a job's reservation into its actual cost (once)."""
-    settle = redis_client().register_script(_SETTLE)
+    settle = _script(_SETTLE)
     return bool(settle(keys=[reservation_key(schema=schema, job_id=job_id)], args=[actual_micros]))
 
 
