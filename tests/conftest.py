@@ -73,6 +73,17 @@ def django_db_setup(
         )
     yield
     with django_db_blocker.unblock():
+        # Threads of this session (the live server's web pool, the in-process
+        # worker) may still hold pooled connections: end them, or the test database
+        # cannot be dropped.
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        connection.close()
         teardown_databases(config, verbosity=0)
 
 

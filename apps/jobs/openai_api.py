@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -27,11 +29,16 @@ from rest_framework.views import APIView
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
 from apps.accounts.selectors import Principal
-from apps.catalog.selectors import model_get, models_enabled
+from apps.billing.budgets import budget_release, budget_reserve, budget_settle
+from apps.billing.models import LedgerKind
+from apps.billing.services import call_cost, ledger_record
+from apps.catalog.selectors import ModelSpec, model_get, models_enabled
+from apps.controls.switches import switch_check
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
 from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
-from apps.tenants.db import current_schema, release_connection
+from apps.llm.tokens import count_text_tokens
+from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
 from .models import Job, JobStatus
@@ -241,9 +248,64 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _embeddings_spec(header: str, raw_body: bytes) -> tuple[Any, dict[str, Any]]:
+@dataclass(frozen=True)
+class EmbeddingsCall:
+    spec: ModelSpec
+    body: dict[str, Any]
+    principal: Principal
+    call_id: uuid.UUID  # the budget hold's id (there is no job)
+    input_tokens: int
+
+
+def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
+    """Authenticate, validate, check the switches and hold the input's cost on the
+    caller's budgets (in a thread: Postgres and Redis)."""
     activate_key_tenant(header)
-    _, body = _authenticated_body(header, raw_body)
+    try:
+        principal, body = _authenticated_body(header, raw_body)
+        spec, body = _embeddings_spec(body)
+        switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
+        input_tokens = _embedding_input_tokens(body["input"])
+        call_id = uuid.uuid4()
+        cost = call_cost(spec, input_tokens=input_tokens, output_tokens=0)
+        budget_reserve(principal=principal, job_id=call_id, amount_micros=cost)
+        return EmbeddingsCall(spec, body, principal, call_id, input_tokens)
+    finally:
+        release_connection()
+
+
+def _embedding_input_tokens(value: Any) -> int:
+    """Strings are counted with tiktoken; token arrays are their length."""
+    items = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
+    return sum(count_text_tokens(item) if isinstance(item, str) else len(item) for item in items)
+
+
+def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) -> None:
+    """Charge what the provider reports (or what we counted), and settle the hold;
+    release it when the call failed (`response` None)."""
+    schema = call.principal.tenant_schema
+    tenant_connection().set_schema(schema)
+    try:
+        if response is None:
+            budget_release(schema=schema, job_id=call.call_id)
+            return
+        usage = response.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or call.input_tokens)
+        cost = call_cost(call.spec, input_tokens=tokens, output_tokens=0)
+        ledger_record(
+            kind=LedgerKind.CHARGE,
+            user_id=call.principal.user_id,
+            model=call.spec.slug,
+            input_tokens=tokens,
+            cost=cost,
+            note="embeddings",
+        )
+        budget_settle(schema=schema, job_id=call.call_id, actual_micros=cost)
+    finally:
+        release_connection()
+
+
+def _embeddings_spec(body: Any) -> tuple[ModelSpec, dict[str, Any]]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
@@ -276,16 +338,22 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
     try:
-        spec, body = await in_thread(_embeddings_spec, request.headers.get("Authorization", ""), request.body)
-        return JsonResponse(await embeddings_create(spec, body=body))
+        call = await in_thread(_embeddings_admit, request.headers.get("Authorization", ""), request.body)
     except InvalidKey as exc:
         body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
         return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
     except ApiError as exc:
+        if exc.code == "budget_exceeded":
+            exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
         return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+    try:
+        result = await embeddings_create(call.spec, body=call.body)
     except ProviderError as exc:
+        await in_thread(_embeddings_settle, call, None)
         status, error_type = _provider_failure_status(provider_status=exc.status, error_type=exc.error_type)
         return _json_error(status, error_body(error_type=error_type, code=exc.error_type, message=exc.message))
+    await in_thread(_embeddings_settle, call, result)
+    return JsonResponse(result)
 
 
 class ModelListApi(APIView):

@@ -284,3 +284,27 @@ def test_sweep_settles_ended_jobs_and_releases_orphaned_holds(committed_personas
         assert _counter(alice) == {"spent": 42, "reserved": 1000}  # the queued job keeps its hold
         assert store.exists(reservation_key(schema="acme", job_id=waiting.pk))
         Job.objects.filter(pk__in=[ended.pk, waiting.pk]).update(status=JobStatus.CANCELLED)
+
+
+def test_embeddings_are_metered_and_held_to_the_budget(platform_server, committed_personas: Personas, upstream):
+    alice = committed_personas.alice
+    spec = model_get("local-small")
+    assert spec is not None
+    sdk = openai.OpenAI(base_url=f"{platform_server.url}/v1", api_key=alice.key, max_retries=0)
+    response = sdk.embeddings.create(model="local-small", input=["hello world", "good night moon"])
+    assert response.usage.prompt_tokens > 0
+    with tenant_context(alice.tenant):
+        entry = LedgerEntry.objects.get(user_id=alice.user_id)
+    assert (entry.kind, entry.job_id, entry.note) == (LedgerKind.CHARGE, None, "embeddings")
+    assert entry.input_tokens == response.usage.prompt_tokens
+    assert entry.cost_micros == cost_micros(
+        input_tokens=entry.input_tokens, output_tokens=0,
+        input_price=spec.input_price_per_mtok, output_price=spec.output_price_per_mtok,
+    )  # fmt: skip
+
+    _give_budget(alice, entry.cost_micros)  # spent already: nothing more fits
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.embeddings.create(model="local-small", input="one more")
+    assert caught.value.code == "insufficient_quota"
+    assert upstream.stats()["embeddings_per_model"]["local-small"] == 1  # the refused call never left
+    assert _counter(alice) == {"spent": entry.cost_micros, "reserved": 0}
