@@ -124,6 +124,9 @@ class Supervisor:
         return code
 
     def stop_all(self) -> None:
+        # A second Ctrl-C or SIGTERM must not cut the shutdown short and orphan processes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
