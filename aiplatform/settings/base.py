@@ -29,6 +29,7 @@ SHARED_APPS = [
     "apps.tenants",
     "apps.catalog",
     "apps.controls",
+    "apps.ratelimit",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.admin",
