@@ -163,10 +163,21 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response["X-Accel-Buffering"] = "no"
         response[JOB_ID_HEADER] = str(job.pk)
         return response
+    # The answer is assembled from the job's events (its text, usage and ending),
+    # so a completed call costs no second trip to Postgres.
+    pieces: list[str] = []
+    usage: dict[str, Any] | None = None
+    final: dict[str, Any] = {}
     try:
         async with asyncio.timeout(settings.V1_WAIT_TIMEOUT_SECONDS):
             async for _, event in job_event_stream(schema, job):
-                if event["type"] in ("done", "error"):
+                kind = event["type"]
+                if kind == "delta":
+                    pieces.append(event["text"])
+                elif kind == "usage":
+                    usage = _usage_from_event(event)
+                elif kind in ("done", "error"):
+                    final = event
                     break
     except TimeoutError:
         body = error_body(
@@ -176,10 +187,18 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             f"poll GET /api/v1/jobs/{job.pk}.",
         )
         return _json_error(504, body, headers)
-    job = await in_thread(load_job, schema, job.pk)
-    if job.status != JobStatus.SUCCEEDED:
-        status, body = _failure(job)
+    if final["type"] == "error":
+        status, error_type = _provider_failure_status(
+            provider_status=final.get("provider_status"), error_type=final["error_type"]
+        )
+        return _json_error(
+            status, error_body(error_type=error_type, code=final["error_type"], message=final["message"]), headers
+        )
+    if final["status"] != JobStatus.SUCCEEDED:
+        status, body = _failure(await in_thread(load_job, schema, job.pk))
         return _json_error(status, body, headers)
+    if usage is None:  # served from Postgres (the stream had expired): no usage event
+        usage = _usage(await in_thread(load_job, schema, job.pk))
     completion = {
         "id": _completion_id(job),
         "object": "chat.completion",
@@ -188,14 +207,19 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": job.output, "refusal": None},
-                "finish_reason": job.finish_reason,
+                "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                "finish_reason": final["finish_reason"],
                 "logprobs": None,
             }
         ],
-        "usage": _usage(job),
+        "usage": usage,
     }
     return JsonResponse(completion, headers=headers)
+
+
+def _usage_from_event(event: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = event["input_tokens"], event["output_tokens"]
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _chunk(job: Job, created: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -223,11 +247,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
         elif kind == "delta":
             yield _chunk(job, created, {"content": event["text"]})
         elif kind == "usage":
-            usage = {
-                "prompt_tokens": event["input_tokens"],
-                "completion_tokens": event["output_tokens"],
-                "total_tokens": event["input_tokens"] + event["output_tokens"],
-            }
+            usage = _usage_from_event(event)
         elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
             yield _chunk(job, created, {}, event["finish_reason"] or "stop")
             if include_usage:

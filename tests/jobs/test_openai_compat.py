@@ -91,6 +91,16 @@ def test_provider_rate_limit_surfaces_as_rate_limit_error(sdk: openai.OpenAI, up
         sdk.chat.completions.create(model="local-small", messages=MESSAGES)
 
 
+def test_provider_failure_is_a_502_keeping_the_providers_message(sdk: openai.OpenAI, upstream):
+    upstream.add_faults({"model": "local-small", "status": 500, "message": "upstream exploded"})
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        sdk.chat.completions.create(model="local-small", messages=MESSAGES)
+    assert excinfo.value.status_code == 502
+    assert excinfo.value.code == "provider_error"
+    assert "upstream exploded" in str(excinfo.value.message)
+    assert excinfo.value.response.headers["x-aip-job-id"]
+
+
 def test_failure_mid_stream_raises_in_the_sdk(sdk: openai.OpenAI, upstream):
     upstream.add_faults({"model": "local-small", "kind": "cut_stream", "after_chunks": 2})
     with pytest.raises(openai.APIError):
