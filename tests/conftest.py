@@ -35,7 +35,14 @@ from devtools.upstream import UpstreamServer
 from tests.support import Persona, Personas, Receiver
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
-TENANT_TABLES = ("billing_ledgerentry", "billing_userbudget", "jobs_job", "accounts_apikey", "accounts_user")
+TENANT_TABLES = (
+    "ratelimit_userratelimit",
+    "billing_ledgerentry",
+    "billing_userbudget",
+    "jobs_job",
+    "accounts_apikey",
+    "accounts_user",
+)
 PUBLIC_TABLES = (
     "tenants_apikeyroute",
     "controls_tenantbudget",
@@ -43,6 +50,7 @@ PUBLIC_TABLES = (
     "controls_spendrollup",
     "controls_killswitchevent",
     "controls_killswitch",
+    "controls_ratelimit",
 )
 
 
@@ -180,7 +188,7 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
                 time.sleep(0.2)
         # Budget counters, reservations and alert marks: every test starts with none.
         client = redis.Redis.from_url(settings.REDIS_URL)
-        for pattern in ("aip:{*}:budget:*", "aip:{*}:resv:*", "aip:{*}:alert:*"):
+        for pattern in ("aip:{*}:budget:*", "aip:{*}:resv:*", "aip:{*}:alert:*", "aip:{*}:rl:*", "aip:rl:*"):
             for key in client.scan_iter(match=pattern, count=1000):
                 client.delete(key)
 

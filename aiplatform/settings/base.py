@@ -29,7 +29,6 @@ SHARED_APPS = [
     "apps.tenants",
     "apps.catalog",
     "apps.controls",
-    "apps.ratelimit",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.admin",
@@ -50,6 +49,7 @@ TENANT_APPS = [
     "apps.accounts",
     "apps.jobs",
     "apps.billing",
+    "apps.ratelimit",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -180,6 +180,8 @@ BUDGET_CACHE_SECONDS = env_int("BUDGET_CACHE_SECONDS", 5, minimum=0)
 # Active kill switches are read from Postgres at most this often per process (a
 # flip reaches every process within it; the flipping process at once).
 KILL_SWITCH_CACHE_SECONDS = env_int("KILL_SWITCH_CACHE_SECONDS", 2, minimum=0)
+# Rate limits (the configured rates; bucket state is always live in Redis).
+RATE_LIMIT_CACHE_SECONDS = env_int("RATE_LIMIT_CACHE_SECONDS", 5, minimum=0)
 # Provider call timeout. The task's soft limit sits above it so a slow provider
 # fails the job cleanly instead of being killed.
 LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)

@@ -18,6 +18,7 @@ os.environ.setdefault("API_KEY_CACHE_SECONDS", "0")
 os.environ.setdefault("CATALOG_CACHE_SECONDS", "0")
 os.environ.setdefault("BUDGET_CACHE_SECONDS", "0")
 os.environ.setdefault("KILL_SWITCH_CACHE_SECONDS", "0")
+os.environ.setdefault("RATE_LIMIT_CACHE_SECONDS", "0")
 
 from .base import *  # noqa: F403
 

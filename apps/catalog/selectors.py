@@ -24,6 +24,7 @@ class ModelSpec:
     input_price_per_mtok: Decimal
     output_price_per_mtok: Decimal
     enabled: bool
+    tokens_per_minute: int | None = None
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -42,6 +43,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             input_price_per_mtok=row.input_price_per_mtok,
             output_price_per_mtok=row.output_price_per_mtok,
             enabled=row.enabled,
+            tokens_per_minute=row.tokens_per_minute,
         )
         for row in LLMModel.objects.all()
     }

@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from apps.billing.money import format_usd
 from apps.core.admin_sites import operator_site
 
-from .models import KillSwitch, KillSwitchEvent, SpendRollup, TenantBudget, TierBudget
+from .models import KillSwitch, KillSwitchEvent, RateLimit, SpendRollup, TenantBudget, TierBudget
 from .switches import switches_cache_clear
 
 
@@ -82,3 +82,9 @@ class KillSwitchAdmin(admin.ModelAdmin[KillSwitch]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # turn it off instead: the audit trail stays
+
+
+@admin.register(RateLimit, site=operator_site)
+class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
+    list_display = ("__str__", "tier", "tenant", "tokens_per_minute", "burst_tokens")
+    list_filter = ("tier",)

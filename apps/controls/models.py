@@ -146,3 +146,28 @@ class KillSwitchEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} turned {'on' if self.active else 'off'} {self.switch.describe()}"
+
+
+class RateLimit(models.Model):
+    """Tokens per minute for every user of a tier (the default), or for a whole
+    tenant. The burst (bucket capacity) defaults to one minute's worth."""
+
+    tier = models.CharField(max_length=16, choices=Tier.choices, blank=True, help_text="A tier's per-user default.")
+    tenant = models.ForeignKey(
+        "tenants.Tenant", on_delete=models.CASCADE, null=True, blank=True, related_name="+", help_text="Or a tenant."
+    )
+    tokens_per_minute = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    burst_tokens = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(tenant__isnull=True) & ~models.Q(tier=""))
+                | (models.Q(tenant__isnull=False) & models.Q(tier="")),
+                name="rate_limit_for_a_tier_or_a_tenant",
+            ),
+            models.UniqueConstraint(fields=["tier", "tenant"], nulls_distinct=False, name="one_rate_limit_per_scope"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tier or self.tenant}: {self.tokens_per_minute} tokens/min"

@@ -26,6 +26,7 @@ from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
+from apps.ratelimit.limits import buckets_for, ratelimit_admit, ratelimit_reconcile
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
@@ -93,8 +94,19 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     # Budgets: hold the worst case before the job exists (BudgetExceeded otherwise);
     # give it back if the job is not stored after all.
     job_id = uuid.uuid4()
+    # Rate limits first (tokens), then budgets (money); each is given back if a
+    # later step refuses the request.
+    tokens = _estimated_tokens(spec, input_tokens=input_tokens, params=request.params)
+    buckets = buckets_for(
+        tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
+    )
+    ratelimit_admit(buckets, tokens)
     worst_case = worst_case_cost(spec, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
-    held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
+    try:
+        held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
+    except BaseException:
+        ratelimit_reconcile(buckets, estimated=tokens, used=0)
+        raise
     try:
         job = Job(
             id=job_id,
@@ -116,10 +128,25 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     except BaseException:
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
+        ratelimit_reconcile(buckets, estimated=tokens, used=0)
         raise
-    if held and stored[0].pk != job_id:  # an idempotent replay: this request made no job
-        budget_release(schema=principal.tenant_schema, job_id=job_id)
+    if stored[0].pk != job_id:  # an idempotent replay: this request made no job
+        if held:
+            budget_release(schema=principal.tenant_schema, job_id=job_id)
+        ratelimit_reconcile(buckets, estimated=tokens, used=0)
     return stored
+
+
+def _estimated_tokens(spec: ModelSpec, *, input_tokens: int, params: dict[str, Any]) -> int:
+    """What a request may use: its counted input and its output allowance."""
+    return input_tokens + int(params.get("max_tokens") or spec.max_output_tokens)
+
+
+def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int) -> None:
+    buckets = buckets_for(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, spec=spec)
+    if buckets:
+        estimated = _estimated_tokens(spec, input_tokens=job.input_tokens_estimate, params=job.params)
+        ratelimit_reconcile(buckets, estimated=estimated, used=used)
 
 
 def _store(job: Job, *, principal: Principal, idempotency_key: str | None, fingerprint: str) -> tuple[Job, bool]:
@@ -280,6 +307,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     except ProviderError as exc:
         if exc.partial_output and spec is not None:
             _charge_and_refund(job=job, spec=spec, output=exc.partial_output)
+        if spec is not None:
+            _reconcile_rate_limits(job=job, spec=spec, used=0)
         job_fail(
             job_id=job.pk,
             error_type=exc.error_type,
@@ -304,9 +333,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             output_tokens=result.output_tokens,
             cost=cost,
         )
-    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
-    budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
     if succeeded:
+        # Listeners first: the accounting below does not change the answer.
         relay.final(
             {
                 "type": "usage",
@@ -317,6 +345,9 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
+    _reconcile_rate_limits(job=job, spec=spec, used=result.input_tokens + result.output_tokens)
+    budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
 
 
 def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:

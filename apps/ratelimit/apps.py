@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class RatelimitConfig(AppConfig):
-    """Token buckets in Redis (no models yet: limits are configured in a later step)."""
+    """Tenant schema: users' own token limits. The buckets live in Redis."""
 
     name = "apps.ratelimit"
     label = "ratelimit"

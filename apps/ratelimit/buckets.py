@@ -86,6 +86,7 @@ class Bucket:
     key: str
     capacity: float  # tokens
     per_second: float  # refill
+    name: str = ""  # for people: "your token rate limit"
 
     @classmethod
     def per_minute(cls, key: str, *, tokens_per_minute: float, burst: float | None = None) -> Bucket:

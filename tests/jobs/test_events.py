@@ -6,7 +6,7 @@ import redis
 from django.conf import settings
 
 from apps.jobs.events import stream_key
-from tests.support import Personas, http_client, job_until_final, sse_events
+from tests.support import Personas, http_client, job_until_final, sse_events, wait_for
 
 CHAT = {"model": "local-small", "messages": [{"role": "user", "content": "one two three four five six seven"}]}
 
@@ -96,7 +96,11 @@ def test_expired_stream_is_served_from_postgres(platform_server, worker, committ
     with http_client(platform_server, committed_personas.alice.key) as alice:
         job_id = _submit(alice)
         final = job_until_final(committed_personas.alice.client(), job_id)
-        redis.Redis.from_url(settings.REDIS_URL).delete(stream_key(schema="acme", job_id=job_id))
+        store = redis.Redis.from_url(settings.REDIS_URL)
+        key = stream_key(schema="acme", job_id=job_id)
+        # The worker appends the closing events just after the job is final in Postgres.
+        wait_for(lambda: any(b'"done"' in fields[b"d"] for _, fields in store.xrevrange(key, count=1)))  # type: ignore[index, union-attr]
+        store.delete(key)
         events = _stream(alice, job_id)
     assert events == [
         ("0-1", {"type": "delta", "text": final["output"]}),
