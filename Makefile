@@ -41,6 +41,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.worker_pool
 	$(PY) -m bench.delivery
 	$(PY) -m bench.admission
+	$(PY) -m bench.ratelimit
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)
