@@ -91,11 +91,9 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
     if request.webhook_url:
         webhook_url_check(request.webhook_url)
-    # Budgets: hold the worst case before the job exists (BudgetExceeded otherwise);
-    # give it back if the job is not stored after all.
+    # Rate limits first (tokens), then budgets (the worst-case cost, held before the
+    # job exists); each is given back if a later step refuses the request.
     job_id = uuid.uuid4()
-    # Rate limits first (tokens), then budgets (money); each is given back if a
-    # later step refuses the request.
     tokens = _estimated_tokens(spec, input_tokens=input_tokens, params=request.params)
     buckets = buckets_for(
         tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
@@ -245,9 +243,12 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
     webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     if job.status == JobStatus.QUEUED:
-        # Never ran: its hold goes back now. A running job's worker settles it
-        # (the provider is already working, and charges for it).
+        # Never ran: its hold and its tokens go back now. A running job's worker
+        # settles it (the provider is already working, and charges for it).
         budget_release(schema=principal.tenant_schema, job_id=job.pk)
+        spec = model_get(job.model)
+        if spec is not None:
+            _reconcile_rate_limits(job=job, spec=spec, used=0)
         # Workers drop a revoked message unrun; one that races past the revoke
         # still finds the job cancelled and does nothing.
         from aiplatform.celery import app
@@ -378,6 +379,9 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
         lease_expires_at=None,
     )
     budget_release(schema=current_schema(), job_id=job.pk)
+    spec = model_get(job.model)
+    if spec is not None:
+        _reconcile_rate_limits(job=job, spec=spec, used=0)
     if cancelled:
         logger.info("job %s cancelled in the worker: AI is switched off for %s", job.pk, what)
         job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)

@@ -93,3 +93,16 @@ def test_two_web_servers_share_one_limit(platform_server, committed_personas: Pe
         second.stop()
     assert model_get("routing-probe") is not None
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("llm.routing-probe")
+
+
+def test_a_cancelled_queued_job_gives_its_tokens_back(committed_personas: Personas):
+    carol = committed_personas.carol
+    with tenant_context(carol.tenant):
+        UserRateLimit.objects.create(user_id=carol.user_id, tokens_per_minute=60, burst_tokens=_tokens(500) + 10)
+    client = carol.client()
+    body = {"model": "routing-probe", "messages": MESSAGES, "max_tokens": 500}
+    job = client.post("/api/v1/jobs", body, format="json").json()
+    assert client.post("/api/v1/jobs", body, format="json").status_code == 429
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
+    assert client.post("/api/v1/jobs", body, format="json").status_code == 202  # the tokens came back
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("llm.routing-probe")
