@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -16,7 +15,7 @@ from django.core.mail import send_mail
 
 from apps.core.errors import InvalidRequest
 from apps.core.redis import redis_client
-from apps.jobs.webhooks import webhook_sign, webhook_url_check
+from apps.jobs.webhooks import webhook_headers, webhook_url_check
 from apps.tenants.models import Tenant
 
 from .budgets import COUNTER_GRACE, Budget, Window
@@ -74,17 +73,8 @@ def alert_deliver(payload: dict[str, Any]) -> None:
             )
     if tenant.alert_webhook_url:
         body = json.dumps(payload, separators=(",", ":")).encode()
-        timestamp = int(time.time())
         message_id = f"alert_{payload['tenant']}_{payload['period_start']}_{payload['type']}_{payload['user']}"
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "aiplatform-webhooks/1",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": webhook_sign(
-                secret=tenant.webhook_secret, message_id=message_id, timestamp=timestamp, body=body
-            ),
-        }
+        headers = webhook_headers(secret=tenant.webhook_secret, message_id=message_id, body=body)
         try:
             webhook_url_check(tenant.alert_webhook_url)
         except InvalidRequest as exc:

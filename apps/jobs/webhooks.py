@@ -60,6 +60,18 @@ def webhook_sign(*, secret: str, message_id: str, timestamp: int, body: bytes) -
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+def webhook_headers(*, secret: str, message_id: str, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers for one delivery, signed now."""
+    timestamp = int(time.time())
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "aiplatform-webhooks/1",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhook_sign(secret=secret, message_id=message_id, timestamp=timestamp, body=body),
+    }
+
+
 def webhook_payload(job: Job) -> dict[str, Any]:
     usage = None
     if job.input_tokens is not None and job.output_tokens is not None:
@@ -86,17 +98,8 @@ def webhook_deliver(*, job_id: uuid.UUID, attempt: int) -> bool:
     if WebhookDelivery.objects.filter(job=job, succeeded=True).exists():
         return True  # a redelivered task: already done
     body = json.dumps(webhook_payload(job), separators=(",", ":")).encode()
-    timestamp = int(time.time())
     message_id = f"job_{job.pk}"
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "aiplatform-webhooks/1",
-        "webhook-id": message_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": webhook_sign(
-            secret=tenant_connection().tenant.webhook_secret, message_id=message_id, timestamp=timestamp, body=body
-        ),
-    }
+    headers = webhook_headers(secret=tenant_connection().tenant.webhook_secret, message_id=message_id, body=body)
     status_code, error = None, ""
     try:
         webhook_url_check(job.webhook_url)  # again: DNS may have changed since submission
