@@ -9,7 +9,7 @@ from celery.schedules import crontab
 
 from aiplatform.sentry import init_sentry
 
-from .env import database_from_url, env_bool, env_int, env_list, env_str, env_url
+from .env import database_from_url, env_bool, env_float, env_int, env_list, env_str, env_url
 
 # Lets admin and serializer classes be subscripted for type checking (Admin[Model]).
 django_stubs_ext.monkeypatch()
@@ -182,6 +182,10 @@ BUDGET_CACHE_SECONDS = env_int("BUDGET_CACHE_SECONDS", 5, minimum=0)
 KILL_SWITCH_CACHE_SECONDS = env_int("KILL_SWITCH_CACHE_SECONDS", 2, minimum=0)
 # Rate limits (the configured rates; bucket state is always live in Redis).
 RATE_LIMIT_CACHE_SECONDS = env_int("RATE_LIMIT_CACHE_SECONDS", 5, minimum=0)
+# The Redis that holds the buckets (the platform's by default), and how long an
+# admission waits for it before failing closed (or open, for tenants set so).
+RATE_LIMIT_REDIS_URL = env_url("RATE_LIMIT_REDIS_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env_float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 # Provider call timeout. The task's soft limit sits above it so a slow provider
 # fails the job cleanly instead of being killed.
 LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)

@@ -38,6 +38,9 @@ class LLMModel(models.Model):
     tokens_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="The provider's TPM limit for this model (all tenants together); blank: none."
     )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The provider's RPM limit for this model (all tenants together); blank: none."
+    )
     input_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M input tokens"
     )

@@ -25,6 +25,7 @@ class ModelSpec:
     output_price_per_mtok: Decimal
     enabled: bool
     tokens_per_minute: int | None = None
+    requests_per_minute: int | None = None
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -44,6 +45,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             output_price_per_mtok=row.output_price_per_mtok,
             enabled=row.enabled,
             tokens_per_minute=row.tokens_per_minute,
+            requests_per_minute=row.requests_per_minute,
         )
         for row in LLMModel.objects.all()
     }

@@ -86,5 +86,5 @@ class KillSwitchAdmin(admin.ModelAdmin[KillSwitch]):
 
 @admin.register(RateLimit, site=operator_site)
 class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
-    list_display = ("__str__", "tier", "tenant", "tokens_per_minute", "burst_tokens")
+    list_display = ("__str__", "tier", "tenant", "tokens_per_minute", "burst_tokens", "requests_per_minute")
     list_filter = ("tier",)

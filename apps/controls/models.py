@@ -149,8 +149,9 @@ class KillSwitchEvent(models.Model):
 
 
 class RateLimit(models.Model):
-    """Tokens per minute for every user of a tier (the default), or for a whole
-    tenant. The burst (bucket capacity) defaults to one minute's worth."""
+    """Tokens (and optionally requests) per minute for every user of a tier (the
+    default), or for a whole tenant. The token burst (bucket capacity) defaults
+    to one minute's worth."""
 
     tier = models.CharField(max_length=16, choices=Tier.choices, blank=True, help_text="A tier's per-user default.")
     tenant = models.ForeignKey(
@@ -158,6 +159,9 @@ class RateLimit(models.Model):
     )
     tokens_per_minute = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     burst_tokens = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Also limit requests; blank: no."
+    )
 
     class Meta:
         constraints = [

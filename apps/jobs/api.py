@@ -10,7 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.selectors import Principal
 from apps.core.errors import InvalidRequest, NotFound
+from apps.ratelimit.limits import ratelimit_headers
 
 from .models import Job, JobStatus, WebhookDelivery
 from .selectors import job_get, job_list
@@ -135,7 +137,21 @@ class JobCursorPagination(CursorPagination):
     max_page_size = 100
 
 
-class JobListCreateApi(APIView):
+class JobApiView(APIView):
+    """Every response of the jobs API carries the caller's rate-limit headers
+    (`x-ratelimit-*`, as OpenAI sends them): those of the admission when it took
+    from the buckets, else the buckets as they stand."""
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        principal = getattr(request, "_user", None)  # not `request.user`: that would authenticate again
+        if isinstance(principal, Principal) and not any(h.startswith("x-ratelimit-") for h in response.headers):
+            for name, value in ratelimit_headers(principal).items():
+                response.headers.setdefault(name, value)
+        return response
+
+
+class JobListCreateApi(JobApiView):
     class FilterSerializer(serializers.Serializer[Any]):
         status = serializers.ChoiceField(choices=JobStatus.values, required=False)
         model = serializers.CharField(required=False, max_length=64)
@@ -152,13 +168,17 @@ class JobListCreateApi(APIView):
         idempotency_key = request.headers.get("Idempotency-Key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise InvalidRequest("Idempotency-Key is longer than 255 characters.", param="Idempotency-Key")
-        job, created = job_submit(
+        submission = job_submit(
             principal=request.user,  # type: ignore[arg-type]
             request=serializer.job_request(),
             idempotency_key=idempotency_key,
         )
-        body = job_representation(job, request)
-        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+        body = job_representation(submission.job, request)
+        return Response(
+            body,
+            status=status.HTTP_202_ACCEPTED if submission.created else status.HTTP_200_OK,
+            headers=submission.limits.headers() if submission.limits is not None else None,
+        )
 
     @extend_schema(
         parameters=[FilterSerializer, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
@@ -174,7 +194,7 @@ class JobListCreateApi(APIView):
         return paginator.get_paginated_response([job_representation(job, request) for job in page or []])
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(JobApiView):
     @extend_schema(responses=JobOutputSerializer, summary="A job's status and result")
     def get(self, request: Request, job_id: Any) -> Response:
         job = job_get(principal=request.user, job_id=job_id)  # type: ignore[arg-type]
@@ -184,7 +204,7 @@ class JobDetailApi(APIView):
         return Response(job_representation(job, request, deliveries=deliveries))
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(JobApiView):
     @extend_schema(request=None, responses=JobOutputSerializer, summary="Cancel a queued or running job")
     def post(self, request: Request, job_id: Any) -> Response:
         job = job_cancel(principal=request.user, job_id=job_id)  # type: ignore[arg-type]

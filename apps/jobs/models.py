@@ -31,6 +31,9 @@ class Job(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     stream = models.BooleanField(default=False)
     input_tokens_estimate = models.PositiveIntegerField(default=0)
+    # Tokens taken from the caller's rate-limit buckets at admission (0: none were),
+    # reconciled against what the call used.
+    ratelimit_tokens = models.PositiveIntegerField(default=0)
     # Money, in micro-dollars: held against the caller's budgets at admission (the
     # worst case), then what the call actually cost (also in the ledger).
     reserved_micros = models.BigIntegerField(default=0)

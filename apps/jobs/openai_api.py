@@ -38,6 +38,14 @@ from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body,
 from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
 from apps.llm.tokens import count_text_tokens
+from apps.ratelimit.buckets import Bucket
+from apps.ratelimit.limits import (
+    buckets_for,
+    ratelimit_admit,
+    ratelimit_headers,
+    ratelimit_reconcile,
+    ratelimit_refund,
+)
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
@@ -100,23 +108,44 @@ def _provider_failure_status(*, provider_status: int | None, error_type: str) ->
     return (504 if error_type == "provider_timeout" else 502), "server_error"
 
 
-def _submit(header: str, raw_body: bytes) -> tuple[str, Job, bool, bool]:
-    """Authenticate and create the job (in a thread: Postgres and Redis)."""
+@dataclass(frozen=True)
+class _Submitted:
+    schema: str
+    job: Job
+    stream: bool
+    include_usage: bool
+    headers: dict[str, str]  # the rate-limit headers
+
+
+def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
+    """Authenticate and create the job (in a thread: Postgres and Redis); or the
+    error response, with the caller's rate-limit headers once they are known."""
     activate_key_tenant(header)
-    principal, body = _authenticated_body(header, raw_body)
-    request, stream, include_usage = _chat_request(body)
     try:
-        job, _ = job_submit(principal=principal, request=request)
-    except ApiError as exc:
-        if exc.code == "model_not_found":
-            exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
-        elif exc.code == "budget_exceeded":
-            # What OpenAI answers when credit runs out (the SDK raises RateLimitError).
-            exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
-        raise
+        try:
+            principal, body = _authenticated_body(header, raw_body)
+        except InvalidKey as exc:
+            body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
+            return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+        except ApiError as exc:
+            return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+        try:
+            request, stream, include_usage = _chat_request(body)
+            submission = job_submit(principal=principal, request=request)
+        except ApiError as exc:
+            if exc.code == "model_not_found":
+                exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
+            elif exc.code == "budget_exceeded":
+                # What OpenAI answers when credit runs out (the SDK raises RateLimitError).
+                exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
+            headers = exc.headers if "Retry-After" in exc.headers else {**ratelimit_headers(principal), **exc.headers}
+            return _json_error(exc.status_code, api_error_body(exc), headers)
+        except exceptions.ValidationError as exc:
+            return _json_error(400, validation_error_body(exc), ratelimit_headers(principal))
+        limits = submission.limits.headers() if submission.limits is not None else {}
+        return _Submitted(current_schema(), submission.job, stream, include_usage, limits)
     finally:
         release_connection()  # the response follows the job's stream, maybe for minutes
-    return current_schema(), job, stream, include_usage
 
 
 def _completion_id(job: Job) -> str:
@@ -145,23 +174,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return _json_error(
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
-    try:
-        schema, job, stream, include_usage = await in_thread(
-            _submit, request.headers.get("Authorization", ""), request.body
+    submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.body)
+    if isinstance(submitted, JsonResponse):
+        return submitted
+    schema, job, include_usage = submitted.schema, submitted.job, submitted.include_usage
+    headers = {JOB_ID_HEADER: str(job.pk), **submitted.headers}
+    if submitted.stream:
+        response = StreamingHttpResponse(
+            _chunks(schema, job, include_usage), content_type="text/event-stream", headers=headers
         )
-    except InvalidKey as exc:
-        body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
-        return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
-    except ApiError as exc:
-        return _json_error(exc.status_code, api_error_body(exc), exc.headers)
-    except exceptions.ValidationError as exc:
-        return _json_error(400, validation_error_body(exc))
-    headers = {JOB_ID_HEADER: str(job.pk)}
-    if stream:
-        response = StreamingHttpResponse(_chunks(schema, job, include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        response[JOB_ID_HEADER] = str(job.pk)
         return response
     # The answer is assembled from the job's events (its text, usage and ending),
     # so a completed call costs no second trip to Postgres.
@@ -275,6 +298,8 @@ class EmbeddingsCall:
     principal: Principal
     call_id: uuid.UUID  # the budget hold's id (there is no job)
     input_tokens: int
+    buckets: tuple[Bucket, ...]  # the rate-limit buckets it took `input_tokens` from (empty: none)
+    headers: dict[str, str]  # the rate-limit headers
 
 
 def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
@@ -287,9 +312,19 @@ def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
         switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
         input_tokens = _embedding_input_tokens(body["input"])
         call_id = uuid.uuid4()
+        buckets = buckets_for(
+            tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
+        )
+        limits = ratelimit_admit(buckets, input_tokens, fail_open=tenant_connection().tenant.ratelimit_fail_open)
+        taken = buckets if limits is not None else ()
         cost = call_cost(spec, input_tokens=input_tokens, output_tokens=0)
-        budget_reserve(principal=principal, job_id=call_id, amount_micros=cost)
-        return EmbeddingsCall(spec, body, principal, call_id, input_tokens)
+        try:
+            budget_reserve(principal=principal, job_id=call_id, amount_micros=cost)
+        except BaseException:
+            ratelimit_refund(taken, tokens=input_tokens)
+            raise
+        headers = limits.headers() if limits is not None else {}
+        return EmbeddingsCall(spec, body, principal, call_id, input_tokens, taken, headers)
     finally:
         release_connection()
 
@@ -308,9 +343,11 @@ def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) ->
     try:
         if response is None:
             budget_release(schema=schema, job_id=call.call_id)
+            ratelimit_reconcile(call.buckets, estimated=call.input_tokens, used=0)
             return
         usage = response.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or call.input_tokens)
+        ratelimit_reconcile(call.buckets, estimated=call.input_tokens, used=tokens)
         cost = call_cost(call.spec, input_tokens=tokens, output_tokens=0)
         ledger_record(
             kind=LedgerKind.CHARGE,
@@ -371,9 +408,11 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     except ProviderError as exc:
         await in_thread(_embeddings_settle, call, None)
         status, error_type = _provider_failure_status(provider_status=exc.status, error_type=exc.error_type)
-        return _json_error(status, error_body(error_type=error_type, code=exc.error_type, message=exc.message))
+        return _json_error(
+            status, error_body(error_type=error_type, code=exc.error_type, message=exc.message), call.headers
+        )
     await in_thread(_embeddings_settle, call, result)
-    return JsonResponse(result)
+    return JsonResponse(result, headers=call.headers)
 
 
 class ModelListApi(APIView):

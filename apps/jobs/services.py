@@ -26,7 +26,7 @@ from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
-from apps.ratelimit.limits import buckets_for, ratelimit_admit, ratelimit_reconcile
+from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, ratelimit_reconcile, ratelimit_refund
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
@@ -72,18 +72,25 @@ class JobRequest:
 # --- Submission (web process) -------------------------------------------------
 
 
-def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Validate against the catalog, store the job and enqueue it once committed.
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool  # False: an Idempotency-Key replay of an earlier job
+    limits: RateLimitState | None  # the caller's rate-limit buckets after admission
 
-    Returns (job, created). With an Idempotency-Key seen within the window, the
-    earlier job comes back (created=False) when the body matches, and a body that
-    differs is a 409.
+
+def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: str | None = None) -> Submission:
+    """Validate against the catalog, admit against rate limits and budgets, store
+    the job and enqueue it once committed.
+
+    With an Idempotency-Key seen within the window, the earlier job comes back
+    (created=False) when the body matches, and a body that differs is a 409.
     """
     fingerprint = request.fingerprint() if idempotency_key else ""
     if idempotency_key:
         replay = _idempotent_replay(principal=principal, key=idempotency_key, fingerprint=fingerprint)
         if replay is not None:
-            return replay, False
+            return Submission(replay, False, None)
 
     spec = _admissible_model(request.model)
     switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
@@ -98,12 +105,15 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     buckets = buckets_for(
         tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
     )
-    ratelimit_admit(buckets, tokens)
+    fail_open = tenant_connection().tenant.ratelimit_fail_open
+    limits = ratelimit_admit(buckets, tokens, fail_open=fail_open)
+    taken = tokens if limits is not None else 0
     worst_case = worst_case_cost(spec, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
     try:
         held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
     except BaseException:
-        ratelimit_reconcile(buckets, estimated=tokens, used=0)
+        if taken:
+            ratelimit_refund(buckets, tokens=taken)
         raise
     try:
         job = Job(
@@ -117,6 +127,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             metadata=request.metadata,
             stream=request.stream,
             input_tokens_estimate=input_tokens,
+            ratelimit_tokens=taken,
             idempotency_key=idempotency_key or None,
             request_hash=fingerprint,
             enqueued_at=timezone.now(),
@@ -126,13 +137,17 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     except BaseException:
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
-        ratelimit_reconcile(buckets, estimated=tokens, used=0)
+        if taken:
+            ratelimit_refund(buckets, tokens=taken)
         raise
-    if stored[0].pk != job_id:  # an idempotent replay: this request made no job
+    job, created = stored
+    if not created:  # an idempotent replay (a concurrent twin won): this request made no job
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
-        ratelimit_reconcile(buckets, estimated=tokens, used=0)
-    return stored
+        if taken:
+            ratelimit_refund(buckets, tokens=taken)
+        return Submission(job, False, None)
+    return Submission(job, True, limits)
 
 
 def _estimated_tokens(spec: ModelSpec, *, input_tokens: int, params: dict[str, Any]) -> int:
@@ -140,11 +155,16 @@ def _estimated_tokens(spec: ModelSpec, *, input_tokens: int, params: dict[str, A
     return input_tokens + int(params.get("max_tokens") or spec.max_output_tokens)
 
 
-def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int) -> None:
+def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int | None) -> None:
+    """Settle what admission took from the rate-limit buckets: keep what the call
+    used (`used` tokens), or give everything back when it never ran (None)."""
+    if not job.ratelimit_tokens:
+        return  # nothing was taken (no limit applied, or the limiter failed open)
     buckets = buckets_for(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, spec=spec)
-    if buckets:
-        estimated = _estimated_tokens(spec, input_tokens=job.input_tokens_estimate, params=job.params)
-        ratelimit_reconcile(buckets, estimated=estimated, used=used)
+    if used is None:
+        ratelimit_refund(buckets, tokens=job.ratelimit_tokens)
+    else:
+        ratelimit_reconcile(buckets, estimated=job.ratelimit_tokens, used=used)
 
 
 def _store(job: Job, *, principal: Principal, idempotency_key: str | None, fingerprint: str) -> tuple[Job, bool]:
@@ -248,7 +268,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
         budget_release(schema=principal.tenant_schema, job_id=job.pk)
         spec = model_get(job.model)
         if spec is not None:
-            _reconcile_rate_limits(job=job, spec=spec, used=0)
+            _reconcile_rate_limits(job=job, spec=spec, used=None)
         # Workers drop a revoked message unrun; one that races past the revoke
         # still finds the job cancelled and does nothing.
         from aiplatform.celery import app
@@ -381,7 +401,7 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
     budget_release(schema=current_schema(), job_id=job.pk)
     spec = model_get(job.model)
     if spec is not None:
-        _reconcile_rate_limits(job=job, spec=spec, used=0)
+        _reconcile_rate_limits(job=job, spec=spec, used=None)
     if cancelled:
         logger.info("job %s cancelled in the worker: AI is switched off for %s", job.pk, what)
         job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)

@@ -14,8 +14,8 @@ class DomainInline(admin.TabularInline[Domain, Tenant]):
 
 @admin.register(Tenant, site=operator_site)
 class TenantAdmin(admin.ModelAdmin[Tenant]):
-    list_display = ("schema_name", "name", "is_active", "created_at")
-    list_filter = ("is_active",)
+    list_display = ("schema_name", "name", "is_active", "ratelimit_fail_open", "created_at")
+    list_filter = ("is_active", "ratelimit_fail_open")
     search_fields = ("schema_name", "name")
     inlines = (DomainInline,)
 

@@ -24,6 +24,11 @@ class Tenant(TenantMixin):
     # the same secret; either may be left empty.
     alert_email = models.EmailField(blank=True)
     alert_webhook_url = models.URLField(max_length=2000, blank=True)
+    # When the rate limiter's Redis cannot be reached, LLM calls are refused (503)
+    # unless the operator chose to let this tenant's through unlimited.
+    ratelimit_fail_open = models.BooleanField(
+        default=False, help_text="Admit LLM calls without rate limits while the limiter is unreachable."
+    )
 
     auto_create_schema = True
     auto_drop_schema = False

@@ -204,8 +204,9 @@ def test_list_with_unknown_status_is_400(personas: Personas):
 
 def test_warm_request_costs_two_queries(personas: Personas, settings):
     """With the key cache warm (as in production), reading a job is `SET search_path`
-    plus one SELECT: no per-request key, tenant or catalog query."""
+    plus one SELECT: no per-request key, tenant, catalog or rate-limit query."""
     settings.API_KEY_CACHE_SECONDS = 60
+    settings.RATE_LIMIT_CACHE_SECONDS = 60
     client = personas.alice.client()
     job_id = post_job(client).json()["id"]
     client.get(f"/api/v1/jobs/{job_id}")
