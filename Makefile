@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/base.txt requirements/dev.txt
+$(STAMP): requirements/base.txt requirements/dev.txt devtools/fetch_tokenizers.py apps/llm/tokenizer_files.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m devtools.fetch_tokenizers var/tiktoken
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the pinned requirements

@@ -166,6 +166,9 @@ WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
 # Largest request body accepted: a prompt that fills a 1M-token context is ~4 MB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 * 1024, minimum=1024)
 
+# Where `make install` puts tiktoken's o200k_base ranks (devtools/fetch_tokenizers.py).
+TOKENIZER_DIR = env_str("TOKENIZER_DIR", str(BASE_DIR / "var" / "tiktoken"))
+
 # --- Jobs
 # An Idempotency-Key is honoured for this long (the window Stripe and others use).
 IDEMPOTENCY_WINDOW_SECONDS = env_int("IDEMPOTENCY_WINDOW_SECONDS", 24 * 3600, minimum=60)

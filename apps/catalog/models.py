@@ -33,6 +33,13 @@ class LLMModel(models.Model):
         validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
         help_text="Environment variable that holds the provider API key (blank: no key).",
     )
+    tokenizer = models.CharField(
+        max_length=16,
+        choices=[("cl100k_base", "cl100k_base"), ("o200k_base", "o200k_base")],
+        blank=True,
+        help_text="tiktoken encoding for counting tokens; blank: tiktoken's own table for the provider's model name,"
+        " else cl100k_base (an estimate for non-OpenAI tokenizers).",
+    )
     context_window = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     max_output_tokens = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     tokens_per_minute = models.PositiveIntegerField(

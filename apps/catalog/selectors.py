@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from apps.core.ttlcache import TTLCache
+from apps.llm.tokens import CL100K, encoding_for_model
 
 from .models import LLMModel
 
@@ -26,6 +27,7 @@ class ModelSpec:
     enabled: bool
     tokens_per_minute: int | None = None
     requests_per_minute: int | None = None
+    encoding: str = CL100K  # the tiktoken encoding its tokens are counted with
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -46,6 +48,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             enabled=row.enabled,
             tokens_per_minute=row.tokens_per_minute,
             requests_per_minute=row.requests_per_minute,
+            encoding=encoding_for_model(row.provider_model_name, row.tokenizer),
         )
         for row in LLMModel.objects.all()
     }

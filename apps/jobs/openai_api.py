@@ -310,7 +310,7 @@ def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
         principal, body = _authenticated_body(header, raw_body)
         spec, body = _embeddings_spec(body)
         switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
-        input_tokens = _embedding_input_tokens(body["input"])
+        input_tokens = _embedding_input_tokens(body["input"], spec.encoding)
         call_id = uuid.uuid4()
         buckets = buckets_for(
             tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
@@ -329,10 +329,10 @@ def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
         release_connection()
 
 
-def _embedding_input_tokens(value: Any) -> int:
+def _embedding_input_tokens(value: Any, encoding: str) -> int:
     """Strings are counted with tiktoken; token arrays are their length."""
     items = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
-    return sum(count_text_tokens(item) if isinstance(item, str) else len(item) for item in items)
+    return sum(count_text_tokens(item, encoding) if isinstance(item, str) else len(item) for item in items)
 
 
 def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) -> None:

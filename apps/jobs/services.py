@@ -227,7 +227,7 @@ def _check_size(spec: ModelSpec, request: JobRequest) -> int:
             code="max_tokens_too_large",
             param="max_tokens",
         )
-    input_tokens = count_message_tokens(request.messages)
+    input_tokens = count_message_tokens(request.messages, spec.encoding)
     needed = input_tokens + (max_tokens or 0)
     if needed > spec.context_window:
         raise PayloadTooLarge(
@@ -375,7 +375,7 @@ def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
     """A call that failed after the provider generated text: the provider bills
     those tokens, so the ledger shows the charge, and the refund that gives it
     back (the user got no answer). Both unique per attempt; the hold is released."""
-    input_tokens, output_tokens = job.input_tokens_estimate, count_text_tokens(output)
+    input_tokens, output_tokens = job.input_tokens_estimate, count_text_tokens(output, spec.encoding)
     cost = call_cost(spec, input_tokens=input_tokens, output_tokens=output_tokens)
     common: dict[str, Any] = {
         "user_id": job.user_id,

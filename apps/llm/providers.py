@@ -208,7 +208,8 @@ def chat_stream(
     if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
         input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
     else:
-        input_tokens, output_tokens, estimated = count_message_tokens(messages), count_text_tokens(output), True
+        input_tokens = count_message_tokens(messages, spec.encoding)
+        output_tokens, estimated = count_text_tokens(output, spec.encoding), True
     return ChatResult(
         output=output,
         finish_reason=finish_reason,
