@@ -165,10 +165,14 @@ def platform(
             "from apps.catalog.models import LLMModel; "
             f"LLMModel.objects.filter(slug='local-small').update(base_url='http://127.0.0.1:{plat.upstream_port}/v1')",
         )
-        # A run starts with no jobs, ledger entries or budgets of earlier runs (an
-        # interrupted run leaves jobs `running` that nobody will finish here).
+        # A run starts with no jobs, ledger entries, budgets or rate limits of earlier
+        # runs (an interrupted run leaves jobs `running` that nobody will finish here).
         with psycopg.connect(services.database_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE demo.jobs_job, demo.billing_userbudget, public.controls_tenantbudget CASCADE")
+            conn.execute(
+                "TRUNCATE demo.jobs_job, demo.billing_userbudget, public.controls_tenantbudget,"
+                " demo.ratelimit_userratelimit, public.controls_ratelimit CASCADE"
+            )
+            conn.execute("UPDATE public.catalog_llmmodel SET tokens_per_minute = NULL, requests_per_minute = NULL")
         plat.api_key = plat.manage("create_api_key", "--tenant", "demo", "--email", "bench@demo.test").split()[-1]
         procfile = parse_procfile(ROOT / "Procfile")
         proc_env = {
