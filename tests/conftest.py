@@ -51,6 +51,7 @@ PUBLIC_TABLES = (
     "controls_killswitchevent",
     "controls_killswitch",
     "controls_ratelimit",
+    "controls_cachepolicy",
 )
 
 
@@ -186,9 +187,18 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
                 if attempt == 9:
                     raise
                 time.sleep(0.2)
-        # Budget counters, reservations and alert marks: every test starts with none.
+        # Budget counters, reservations, alert marks, buckets and cached answers:
+        # every test starts with none.
         client = redis.Redis.from_url(settings.REDIS_URL)
-        for pattern in ("aip:{*}:budget:*", "aip:{*}:resv:*", "aip:{*}:alert:*", "aip:{*}:rl:*", "aip:rl:*"):
+        patterns = (
+            "aip:{*}:budget:*",
+            "aip:{*}:resv:*",
+            "aip:{*}:alert:*",
+            "aip:{*}:rl:*",
+            "aip:rl:*",
+            "aip:{*}:cache:*",
+        )
+        for pattern in patterns:
             for key in client.scan_iter(match=pattern, count=1000):
                 client.delete(key)
 

@@ -50,6 +50,7 @@ TENANT_APPS = [
     "apps.jobs",
     "apps.billing",
     "apps.ratelimit",
+    "apps.cache",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -165,6 +166,11 @@ WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
 
 # Largest request body accepted: a prompt that fills a 1M-token context is ~4 MB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 * 1024, minimum=1024)
+
+# Answer caches: the exact-match TTL for tenants without a policy, and how long a
+# process trusts a tenant's policy (operators' edits apply within it).
+CACHE_DEFAULT_TTL_SECONDS = env_int("CACHE_DEFAULT_TTL_SECONDS", 3600, minimum=1)
+CACHE_POLICY_CACHE_SECONDS = env_int("CACHE_POLICY_CACHE_SECONDS", 5, minimum=0)
 
 # Where `make install` puts tiktoken's o200k_base ranks (devtools/fetch_tokenizers.py).
 TOKENIZER_DIR = env_str("TOKENIZER_DIR", str(BASE_DIR / "var" / "tiktoken"))

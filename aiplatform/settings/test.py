@@ -19,6 +19,7 @@ os.environ.setdefault("CATALOG_CACHE_SECONDS", "0")
 os.environ.setdefault("BUDGET_CACHE_SECONDS", "0")
 os.environ.setdefault("KILL_SWITCH_CACHE_SECONDS", "0")
 os.environ.setdefault("RATE_LIMIT_CACHE_SECONDS", "0")
+os.environ.setdefault("CACHE_POLICY_CACHE_SECONDS", "0")
 
 from .base import *  # noqa: F403
 

@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from apps.billing.money import format_usd
 from apps.core.admin_sites import operator_site
 
-from .models import KillSwitch, KillSwitchEvent, RateLimit, SpendRollup, TenantBudget, TierBudget
+from .models import CachePolicy, KillSwitch, KillSwitchEvent, RateLimit, SpendRollup, TenantBudget, TierBudget
 from .switches import switches_cache_clear
 
 
@@ -88,3 +88,9 @@ class KillSwitchAdmin(admin.ModelAdmin[KillSwitch]):
 class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
     list_display = ("__str__", "tier", "tenant", "tokens_per_minute", "burst_tokens", "requests_per_minute")
     list_filter = ("tier",)
+
+
+@admin.register(CachePolicy, site=operator_site)
+class CachePolicyAdmin(admin.ModelAdmin[CachePolicy]):
+    list_display = ("tenant", "exact_ttl_seconds", "cache_all_requests")
+    search_fields = ("tenant__name", "tenant__schema_name")

@@ -175,3 +175,25 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier or self.tenant}: {self.tokens_per_minute} tokens/min"
+
+
+class CachePolicy(models.Model):
+    """How a tenant's answers are cached (absent: deterministic requests only, for
+    CACHE_DEFAULT_TTL_SECONDS). Requests may still choose per call (`cache.mode`)."""
+
+    tenant = models.OneToOneField("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    exact_ttl_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(1), MaxValueValidator(30 * 24 * 3600)],
+        help_text="How long an exact-match answer is kept, unless the request sets cache.ttl.",
+    )
+    cache_all_requests = models.BooleanField(
+        default=False,
+        help_text="Cache every request, not only deterministic ones (temperature 0 or top_p 0).",
+    )
+
+    class Meta:
+        verbose_name_plural = "cache policies"
+
+    def __str__(self) -> str:
+        return f"{self.tenant}: exact {self.exact_ttl_seconds}s{' (all requests)' if self.cache_all_requests else ''}"

@@ -52,6 +52,8 @@ def job_representation(
         "output": job.output,
         "finish_reason": job.finish_reason,
         "usage": usage,
+        "cached": job.cached or None,
+        "cache_similarity": job.cache_similarity,
         "provider_latency_ms": job.provider_latency_ms,
         "error": error,
         "metadata": job.metadata,
@@ -120,6 +122,10 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     output = serializers.CharField()
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)
+    cached = serializers.ChoiceField(
+        choices=["exact", "semantic"], allow_null=True, help_text="which cache served the answer; null: a model did"
+    )
+    cache_similarity = serializers.FloatField(allow_null=True, help_text="a semantic hit's cosine similarity")
     provider_latency_ms = serializers.IntegerField(allow_null=True)
     error = JobErrorSchema(allow_null=True)
     metadata = serializers.DictField(child=serializers.CharField())

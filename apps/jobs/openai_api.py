@@ -142,7 +142,7 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
             return _json_error(exc.status_code, api_error_body(exc), headers)
         except exceptions.ValidationError as exc:
             return _json_error(400, validation_error_body(exc), ratelimit_headers(principal))
-        limits = submission.limits.headers() if submission.limits is not None else {}
+        limits = submission.limits.headers() if submission.limits is not None else ratelimit_headers(principal)
         return _Submitted(current_schema(), submission.job, stream, include_usage, limits)
     finally:
         release_connection()  # the response follows the job's stream, maybe for minutes

@@ -101,6 +101,11 @@ class WebhookSerializer(StrictSerializer):
     url = serializers.URLField(max_length=2000)
 
 
+class CacheOptionSerializer(StrictSerializer):
+    mode = serializers.ChoiceField(choices=["use", "refresh", "bypass", "only"], required=False, default="use")
+    ttl = serializers.IntegerField(required=False, min_value=1, max_value=30 * 24 * 3600)
+
+
 class JobCreateSerializer(StrictSerializer):
     model = serializers.CharField(max_length=64)
     messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
@@ -111,6 +116,7 @@ class JobCreateSerializer(StrictSerializer):
     metadata = MetadataField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
     webhook = WebhookSerializer(required=False)
+    cache = CacheOptionSerializer(required=False)
 
     def job_request(self, *, stream: bool | None = None) -> JobRequest:
         """The validated submission as the job service takes it (`stream` overrides
@@ -123,4 +129,5 @@ class JobCreateSerializer(StrictSerializer):
             metadata=data.get("metadata", {}),
             stream=data["stream"] if stream is None else stream,
             webhook_url=data.get("webhook", {}).get("url", ""),
+            cache=dict(data["cache"]) if "cache" in data else None,
         )

@@ -20,7 +20,9 @@ from django.utils import timezone
 from apps.accounts.selectors import Principal
 from apps.billing.budgets import budget_after_charge, budget_release, budget_reserve, budget_settle
 from apps.billing.models import LedgerKind
-from apps.billing.services import call_cost, ledger_record, worst_case_cost
+from apps.billing.services import call_cost, ledger_cached, ledger_record, worst_case_cost
+from apps.cache.exact import CachedAnswer, exact_get, exact_put, flight_join, flight_land
+from apps.cache.policy import CacheMode, CachePlan, cache_plan
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -36,6 +38,11 @@ from .webhooks import webhook_schedule, webhook_url_check
 
 logger = logging.getLogger(__name__)
 
+
+class CacheMiss(NotFound):
+    """`cache.mode` "only" and no cached answer: nothing was called."""
+
+
 # A job whose worker keeps dying (poison input, OOM) is failed after this many claims.
 MAX_CLAIMS = 3
 
@@ -50,18 +57,22 @@ class JobRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     webhook_url: str = ""
+    cache: dict[str, Any] | None = None  # the request's `cache` option ({"mode", "ttl"}), if it sent one
 
     def fingerprint(self) -> str:
         """Hash of the canonical request: what an Idempotency-Key replay must match."""
+        fields = {
+            "model": self.model,
+            "messages": self.messages,
+            "params": self.params,
+            "metadata": self.metadata,
+            "stream": self.stream,
+            "webhook_url": self.webhook_url,
+        }
+        if self.cache is not None:  # only then: fingerprints of earlier requests stay valid
+            fields["cache"] = self.cache
         canonical = json.dumps(
-            {
-                "model": self.model,
-                "messages": self.messages,
-                "params": self.params,
-                "metadata": self.metadata,
-                "stream": self.stream,
-                "webhook_url": self.webhook_url,
-            },
+            fields,
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -98,6 +109,39 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
     if request.webhook_url:
         webhook_url_check(request.webhook_url)
+    schema = principal.tenant_schema
+    plan = cache_plan(
+        tenant_schema=schema, model=spec.slug, messages=request.messages, params=request.params, option=request.cache
+    )
+    if plan.lookup:
+        answer = exact_get(schema=schema, key=plan.key)
+        if answer is not None:
+            # Answered now: no rate limit, no budget, no worker.
+            cached = Job(
+                user_id=principal.user_id,
+                api_key_id=principal.key_id,
+                model=spec.slug,
+                messages=request.messages,
+                params=request.params,
+                metadata=request.metadata,
+                stream=request.stream,
+                input_tokens_estimate=input_tokens,
+                idempotency_key=idempotency_key or None,
+                request_hash=fingerprint,
+                webhook_url=webhook_url,
+                cache=plan.as_json(),
+            )
+            _answer_from_cache(cached, answer)
+            job, created = _store(
+                cached, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec
+            )
+            return Submission(job, created, None)
+        if plan.mode is CacheMode.ONLY:
+            raise CacheMiss(
+                "No cached answer for this request, and cache.mode is 'only': no model was called.",
+                code="cache_miss",
+                param="cache.mode",
+            )
     # Rate limits first (tokens), then budgets (the worst-case cost, held before the
     # job exists); each is given back if a later step refuses the request.
     job_id = uuid.uuid4()
@@ -132,8 +176,9 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             request_hash=fingerprint,
             enqueued_at=timezone.now(),
             webhook_url=webhook_url,
+            cache=plan.as_json() if plan.key else {},
         )
-        stored = _store(job, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        stored = _store(job, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec)
     except BaseException:
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
@@ -167,7 +212,24 @@ def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int | None) -> No
         ratelimit_reconcile(buckets, estimated=job.ratelimit_tokens, used=used)
 
 
-def _store(job: Job, *, principal: Principal, idempotency_key: str | None, fingerprint: str) -> tuple[Job, bool]:
+def _answer_from_cache(job: Job, answer: CachedAnswer, *, kind: str = "exact") -> None:
+    """Fill an unsaved job with a cached answer: it is stored already succeeded."""
+    now = timezone.now()
+    job.status = JobStatus.SUCCEEDED
+    job.cached = kind
+    job.output = answer.output
+    job.finish_reason = answer.finish_reason
+    job.input_tokens = answer.input_tokens
+    job.output_tokens = answer.output_tokens
+    job.usage_estimated = answer.usage_estimated
+    job.response_model = answer.response_model
+    job.cost_micros = 0
+    job.started_at = job.finished_at = now
+
+
+def _store(
+    job: Job, *, principal: Principal, idempotency_key: str | None, fingerprint: str, spec: ModelSpec
+) -> tuple[Job, bool]:
     if idempotency_key:
         try:
             # A savepoint when the caller holds a transaction: losing the race below
@@ -185,8 +247,53 @@ def _store(job: Job, *, principal: Principal, idempotency_key: str | None, finge
         job.save(force_insert=True)
     # Runs at once in autocommit mode (the row is committed), or when the caller's
     # transaction commits: a worker never sees a job that is not there.
-    transaction.on_commit(functools.partial(job_enqueue, job_id=job.id, model=job.model))
+    transaction.on_commit(functools.partial(_dispatch, job=job, spec=spec))
     return job, True
+
+
+def _dispatch(*, job: Job, spec: ModelSpec) -> None:
+    """A stored job's next step: a cached answer is published (ledger, events,
+    webhook); a cacheable job leads its single flight (enqueued) or follows the
+    identical job that leads it (completed when that one lands); any other job is
+    enqueued."""
+    schema = current_schema()
+    if job.status == JobStatus.SUCCEEDED:
+        _publish_cached(job=job, spec=spec)
+        return
+    plan = CachePlan.from_json(job.cache)
+    if plan is not None and plan.write:
+        leader = flight_join(schema=schema, key=plan.key, job_id=job.pk)
+        if leader is not None:
+            logger.info("job %s follows job %s (identical request in flight)", job.pk, leader)
+            return
+    job_enqueue(job_id=job.pk, model=job.model)
+
+
+def _publish_cached(*, job: Job, spec: ModelSpec) -> None:
+    """What a job answered from cache owes: a `cached` ledger entry (cost 0, what it
+    saved), its events for listeners, its webhook."""
+    ledger_cached(
+        user_id=job.user_id,
+        spec=spec,
+        input_tokens=job.input_tokens or 0,
+        output_tokens=job.output_tokens or 0,
+        job_id=job.pk,
+    )
+    EventRelay(job_id=job.pk).final(*_answer_events(job))
+    webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+
+
+def _answer_events(job: Job) -> tuple[dict[str, Any], ...]:
+    return (
+        {"type": "delta", "text": job.output},
+        {
+            "type": "usage",
+            "input_tokens": job.input_tokens,
+            "output_tokens": job.output_tokens,
+            "estimated": job.usage_estimated,
+        },
+        {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": job.finish_reason},
+    )
 
 
 def _idempotent_replay(*, principal: Principal, key: str, fingerprint: str) -> Job | None:
@@ -317,6 +424,14 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         _job_cancel_switched(job=job, what=switch.what, reason=switch.reason)
         return
     spec = model_get(job.model)
+    plan = CachePlan.from_json(job.cache)
+    if spec is not None and plan is not None and plan.lookup:
+        # Answered while it waited (its flight's leader landed, or an earlier twin).
+        answer = exact_get(schema=current_schema(), key=plan.key)
+        if answer is not None:
+            _job_answer_from_cache(job=job, spec=spec, answer=answer, status=JobStatus.RUNNING)
+            _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+            return
     relay = EventRelay(job_id=job.pk)
     release_connection()  # the provider call may take minutes; the pool should not wait
     try:
@@ -338,6 +453,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             code=exc.code,
             webhook_url=job.webhook_url,
         )
+        if spec is not None and plan is not None:
+            _flight_land(job=job, spec=spec, plan=plan, answer=None)
         return
     cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
     with transaction.atomic():
@@ -366,6 +483,21 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+    # Then the cache and the identical requests that waited for this answer.
+    if succeeded and plan is not None and plan.write:
+        answer = CachedAnswer(
+            output=result.output,
+            finish_reason=result.finish_reason,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            usage_estimated=result.usage_estimated,
+            response_model=result.response_model,
+            created=timezone.now().isoformat(),
+        )
+        exact_put(schema=current_schema(), key=plan.key, answer=answer, ttl=plan.ttl)
+        _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+    elif plan is not None:
+        _flight_land(job=job, spec=spec, plan=plan, answer=None)
     budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
     _reconcile_rate_limits(job=job, spec=spec, used=result.input_tokens + result.output_tokens)
     budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
@@ -388,6 +520,51 @@ def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
     with transaction.atomic():
         ledger_record(kind=LedgerKind.CHARGE, cost=cost, note="partial stream (counted)", **common)
         ledger_record(kind=LedgerKind.REFUND, cost=-cost, note="the call failed: no answer", **common)
+
+
+_ANSWER_FIELDS = (
+    "status",
+    "cached",
+    "output",
+    "finish_reason",
+    "input_tokens",
+    "output_tokens",
+    "usage_estimated",
+    "response_model",
+    "cost_micros",
+    "started_at",
+    "finished_at",
+)
+
+
+def _job_answer_from_cache(*, job: Job, spec: ModelSpec, answer: CachedAnswer, status: JobStatus) -> bool:
+    """Complete a stored job (queued or running, per `status`) with a cached answer:
+    succeeded at no cost, its hold and rate-limit tokens given back, published like
+    an answer from the cache at submission. False when it had moved on (cancelled)."""
+    _answer_from_cache(job, answer)
+    updated = Job.objects.filter(pk=job.pk, status=status).update(
+        lease_expires_at=None, **{name: getattr(job, name) for name in _ANSWER_FIELDS}
+    )
+    if not updated:
+        return False
+    budget_release(schema=current_schema(), job_id=job.pk)
+    _reconcile_rate_limits(job=job, spec=spec, used=None)
+    _publish_cached(job=job, spec=spec)
+    return True
+
+
+def _flight_land(*, job: Job, spec: ModelSpec, plan: CachePlan, answer: CachedAnswer | None) -> None:
+    """End the single flight this job led: its followers get its answer, or, when
+    it has none (it failed), are enqueued to run on their own."""
+    followers = flight_land(schema=current_schema(), key=plan.key, job_id=job.pk)
+    for follower_id in followers:
+        follower = Job.objects.select_related("user").filter(pk=follower_id).first()
+        if follower is None:
+            continue
+        if answer is None:
+            job_enqueue(job_id=follower.pk, model=follower.model)
+        elif _job_answer_from_cache(job=follower, spec=spec, answer=answer, status=JobStatus.QUEUED):
+            logger.info("job %s answered by job %s (single flight)", follower.pk, job.pk)
 
 
 def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
