@@ -217,7 +217,7 @@ class HttpClient:
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         status_line = await self.reader.readline()
         status = int(status_line.split()[1])
-        length = 0
+        length, chunked = 0, False
         while True:
             line = await self.reader.readline()
             if line in (b"\r\n", b""):
@@ -225,7 +225,17 @@ class HttpClient:
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        data = await self.reader.readexactly(length) if length else b""
+            elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if chunked:
+            parts = []
+            while size := int((await self.reader.readline()).split(b";")[0], 16):
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readline()
+            await self.reader.readline()  # the empty trailer
+            data = b"".join(parts)
+        else:
+            data = await self.reader.readexactly(length) if length else b""
         return status, json.loads(data) if data else None
 
     async def close(self) -> None:

@@ -191,25 +191,29 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     pieces: list[str] = []
     usage: dict[str, Any] | None = None
     final: dict[str, Any] = {}
-    try:
-        async with asyncio.timeout(settings.V1_WAIT_TIMEOUT_SECONDS):
-            async for _, event in job_event_stream(schema, job):
-                kind = event["type"]
-                if kind == "delta":
-                    pieces.append(event["text"])
-                elif kind == "usage":
-                    usage = _usage_from_event(event)
-                elif kind in ("done", "error"):
-                    final = event
-                    break
-    except TimeoutError:
-        body = error_body(
-            error_type="server_error",
-            code="timeout",
-            message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; "
-            f"poll GET /api/v1/jobs/{job.pk}.",
-        )
-        return _json_error(504, body, headers)
+    if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
+        pieces, usage = [job.output], _usage(job)
+        final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
+    else:
+        try:
+            async with asyncio.timeout(settings.V1_WAIT_TIMEOUT_SECONDS):
+                async for _, event in job_event_stream(schema, job):
+                    kind = event["type"]
+                    if kind == "delta":
+                        pieces.append(event["text"])
+                    elif kind == "usage":
+                        usage = _usage_from_event(event)
+                    elif kind in ("done", "error"):
+                        final = event
+                        break
+        except TimeoutError:
+            body = error_body(
+                error_type="server_error",
+                code="timeout",
+                message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; "
+                f"poll GET /api/v1/jobs/{job.pk}.",
+            )
+            return _json_error(504, body, headers)
     if final["type"] == "error":
         status, error_type = _provider_failure_status(
             provider_status=final.get("provider_status"), error_type=final["error_type"]

@@ -258,7 +258,7 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
     enqueued."""
     schema = current_schema()
     if job.status == JobStatus.SUCCEEDED:
-        _publish_cached(job=job, spec=spec)
+        _publish_cached(job=job, spec=spec, listeners=False)
         return
     plan = CachePlan.from_json(job.cache)
     if plan is not None and plan.write:
@@ -269,9 +269,10 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
     job_enqueue(job_id=job.pk, model=job.model)
 
 
-def _publish_cached(*, job: Job, spec: ModelSpec) -> None:
+def _publish_cached(*, job: Job, spec: ModelSpec, listeners: bool) -> None:
     """What a job answered from cache owes: a `cached` ledger entry (cost 0, what it
-    saved), its events for listeners, its webhook."""
+    saved), its events when it may have listeners (a job answered at submission has
+    none yet: its event stream is served from Postgres), its webhook."""
     ledger_cached(
         user_id=job.user_id,
         spec=spec,
@@ -279,7 +280,8 @@ def _publish_cached(*, job: Job, spec: ModelSpec) -> None:
         output_tokens=job.output_tokens or 0,
         job_id=job.pk,
     )
-    EventRelay(job_id=job.pk).final(*_answer_events(job))
+    if listeners:
+        EventRelay(job_id=job.pk).final(*_answer_events(job))
     webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
@@ -549,7 +551,7 @@ def _job_answer_from_cache(*, job: Job, spec: ModelSpec, answer: CachedAnswer, s
         return False
     budget_release(schema=current_schema(), job_id=job.pk)
     _reconcile_rate_limits(job=job, spec=spec, used=None)
-    _publish_cached(job=job, spec=spec)
+    _publish_cached(job=job, spec=spec, listeners=True)
     return True
 
 

@@ -34,7 +34,8 @@ from .selectors import job_get
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # Synthetic ids for a job served from Postgres (its stream expired): below any
 # real entry id, so a client resuming from them never skips real events.
-FALLBACK_DELTA_ID, FALLBACK_DONE_ID = "0-1", "0-2"
+FALLBACK_DELTA_ID, FALLBACK_USAGE_ID, FALLBACK_DONE_ID = "0-1", "0-2", "0-3"
+FALLBACK_IDS = frozenset({FALLBACK_DELTA_ID, FALLBACK_USAGE_ID, FALLBACK_DONE_ID})
 
 
 def load_job(schema: str, pk: Any) -> Job:
@@ -69,6 +70,14 @@ def _from_postgres(job: Job) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
     if job.output:
         events.append((FALLBACK_DELTA_ID, {"type": "delta", "text": job.output}))
+    if job.input_tokens is not None and job.output_tokens is not None:
+        usage = {
+            "type": "usage",
+            "input_tokens": job.input_tokens,
+            "output_tokens": job.output_tokens,
+            "estimated": job.usage_estimated,
+        }
+        events.append((FALLBACK_USAGE_ID, usage))
     if job.error_type:
         error = {
             "type": "error",
@@ -98,9 +107,7 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
     # `job` was loaded by the caller a moment ago. A job that had not ended then
     # needs no check here: a stream its worker has not created yet is just
     # waited on. One that had ended is served from Postgres if its stream is gone.
-    if job.status in FINAL_STATUSES and (
-        after in (FALLBACK_DELTA_ID, FALLBACK_DONE_ID) or not await hub.commands.exists(key)
-    ):
+    if job.status in FINAL_STATUSES and (after in FALLBACK_IDS or not await hub.commands.exists(key)):
         for event in _from_postgres(job):
             yield event
         return

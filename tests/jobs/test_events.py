@@ -104,7 +104,16 @@ def test_expired_stream_is_served_from_postgres(platform_server, worker, committ
         events = _stream(alice, job_id)
     assert events == [
         ("0-1", {"type": "delta", "text": final["output"]}),
-        ("0-2", {"type": "done", "status": "succeeded", "finish_reason": "stop"}),
+        (
+            "0-2",
+            {
+                "type": "usage",
+                "input_tokens": final["usage"]["input_tokens"],
+                "output_tokens": final["usage"]["output_tokens"],
+                "estimated": final["usage"]["estimated"],
+            },
+        ),
+        ("0-3", {"type": "done", "status": "succeeded", "finish_reason": "stop"}),
     ]
 
 
