@@ -106,6 +106,9 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "stream_usage": (bool,),
     "nonstream_usage": (bool,),
     "reply": (str, type(None)),
+    # {text: other text}: `text` is embedded as `other text` is (a paraphrase at
+    # similarity 1.0), for tests of semantic matching.
+    "embedding_aliases": (dict,),
 }
 _FAULT_KINDS = ("error", "timeout", "cut_stream")
 _FAULT_ENDPOINTS = ("chat", "embeddings", "any")
@@ -319,6 +322,7 @@ class UpstreamApp:
             "stream_usage": True,
             "nonstream_usage": True,
             "reply": None,
+            "embedding_aliases": {},
         }
         self._ids = itertools.count(1)
         self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
@@ -341,6 +345,7 @@ class UpstreamApp:
         self.stream_usage: bool = s["stream_usage"]
         self.nonstream_usage: bool = s["nonstream_usage"]
         self.reply: str | None = s["reply"]
+        self.embedding_aliases: dict[str, str] = dict(s["embedding_aliases"])
         self.faults: list[_Fault] = []
         self.total = 0
         self.per_path: dict[str, int] = {}
@@ -362,6 +367,7 @@ class UpstreamApp:
             "stream_usage": self.stream_usage,
             "nonstream_usage": self.nonstream_usage,
             "reply": self.reply,
+            "embedding_aliases": self.embedding_aliases,
         }
 
     def configure(self, **kw: Any) -> None:
@@ -772,7 +778,7 @@ class UpstreamApp:
         tokens = 0
         for i, item in enumerate(items):
             if isinstance(item, str):
-                key = item
+                key = self.embedding_aliases.get(item, item)
                 tokens += max(1, len(item.split()))
             elif isinstance(item, list):
                 key = _dumps(item)

@@ -36,6 +36,7 @@ from tests.support import Persona, Personas, Receiver
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = (
+    "answer_cache_semanticentry",
     "ratelimit_userratelimit",
     "billing_ledgerentry",
     "billing_userbudget",

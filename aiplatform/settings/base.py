@@ -171,6 +171,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 *
 # process trusts a tenant's policy (operators' edits apply within it).
 CACHE_DEFAULT_TTL_SECONDS = env_int("CACHE_DEFAULT_TTL_SECONDS", 3600, minimum=1)
 CACHE_POLICY_CACHE_SECONDS = env_int("CACHE_POLICY_CACHE_SECONDS", 5, minimum=0)
+# Semantic cache: HNSW candidates per lookup (recall vs latency), and how long a
+# worker waits for the embedder before calling the model without the cache.
+SEMANTIC_EF_SEARCH = env_int("SEMANTIC_EF_SEARCH", 100, minimum=1)
+EMBEDDER_TIMEOUT_SECONDS = env_int("EMBEDDER_TIMEOUT_SECONDS", 10, minimum=1)
 
 # Where `make install` puts tiktoken's o200k_base ranks (devtools/fetch_tokenizers.py).
 TOKENIZER_DIR = env_str("TOKENIZER_DIR", str(BASE_DIR / "var" / "tiktoken"))
@@ -272,6 +276,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"queue": "default", "expires": 290},
     },
+    "cache-evict": {
+        "task": "cache.evict",
+        "schedule": 300.0,
+        "options": {"queue": "default", "expires": 290},
+    },
     "budgets-reset": {
         "task": "budgets.reset",
         # Just after each UTC midnight (a month also ends at one): clears the kill
@@ -307,6 +316,6 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aiplatform@localhost")
 
 # Task modules, declared once (a worker imports them all at start).
-CELERY_IMPORTS = ("tasks.jobs", "tasks.webhooks", "tasks.alerts", "tasks.budgets")
+CELERY_IMPORTS = ("tasks.jobs", "tasks.webhooks", "tasks.alerts", "tasks.budgets", "tasks.cache")
 # Workers cache tenant rows by schema instead of querying the public schema per task.
 CELERY_TASK_TENANT_CACHE_SECONDS = 60

@@ -42,16 +42,22 @@ class CachedAnswer:
     created: str  # ISO 8601, when the answer was made
 
 
+def _check(key: str) -> str:
+    if not key:
+        raise ValueError("an exact-cache key is a request's SHA-256, never empty")
+    return key
+
+
 def _entry_key(schema: str, key: str) -> str:
-    return f"aip:{{{schema}}}:cache:exact:{key}"
+    return f"aip:{{{schema}}}:cache:exact:{_check(key)}"
 
 
 def _flight_key(schema: str, key: str) -> str:
-    return f"aip:{{{schema}}}:cache:flight:{key}"
+    return f"aip:{{{schema}}}:cache:flight:{_check(key)}"
 
 
 def _followers_key(schema: str, key: str) -> str:
-    return f"aip:{{{schema}}}:cache:followers:{key}"
+    return f"aip:{{{schema}}}:cache:followers:{_check(key)}"
 
 
 # The cache never fails a request: when Redis cannot answer, a lookup is a miss,

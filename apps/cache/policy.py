@@ -9,6 +9,11 @@ policy (operator admin: `controls.CachePolicy`) decide:
 - `refresh`: skip the lookup, call the model, write the answer;
 - `bypass`: neither look up nor write;
 - `only`: look up, and answer `cache_miss` (404) instead of calling a model.
+
+The semantic cache (paraphrases, in the worker) applies when the tenant enabled
+it, or the request asked for it (`"semantic": true`) and the tenant has an
+embedder; the same modes govern it, but not determinism: enabling it is the
+tenant's choice to reuse answers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Any
 from django.conf import settings
 
 from apps.controls.models import CachePolicy
+from apps.core.errors import InvalidRequest
 from apps.core.ttlcache import TTLCache
+
+from .embedder import OpenAICompatibleEmbedder
 
 
 class CacheMode(StrEnum):
@@ -36,6 +44,11 @@ class CacheMode(StrEnum):
 class Policy:
     exact_ttl_seconds: int
     cache_all_requests: bool
+    semantic_enabled: bool = False
+    semantic_threshold: float = 0.95
+    semantic_ttl_seconds: int = 7 * 24 * 3600
+    semantic_max_entries: int = 10_000
+    embedder: OpenAICompatibleEmbedder | None = None  # None: no embedder configured
 
 
 _policies: TTLCache[Policy] = TTLCache()
@@ -49,7 +62,23 @@ def policy_for(tenant_schema: str) -> Policy:
         row = CachePolicy.objects.filter(tenant__schema_name=tenant_schema).first()
         if row is None:
             return Policy(settings.CACHE_DEFAULT_TTL_SECONDS, False)
-        return Policy(row.exact_ttl_seconds, row.cache_all_requests)
+        embedder = None
+        if row.embedder_base_url and row.embedder_model:
+            embedder = OpenAICompatibleEmbedder(
+                base_url=row.embedder_base_url,
+                model=row.embedder_model,
+                dimensions=row.embedder_dimensions,
+                api_key_env=row.embedder_api_key_env,
+            )
+        return Policy(
+            exact_ttl_seconds=row.exact_ttl_seconds,
+            cache_all_requests=row.cache_all_requests,
+            semantic_enabled=row.semantic_enabled and embedder is not None,
+            semantic_threshold=row.semantic_threshold,
+            semantic_ttl_seconds=row.semantic_ttl_seconds,
+            semantic_max_entries=row.semantic_max_entries,
+            embedder=embedder,
+        )
 
     return _policies.get_or_load(tenant_schema, settings.CACHE_POLICY_CACHE_SECONDS, load)
 
@@ -64,19 +93,34 @@ class CachePlan:
     the single flight; empty when the request does not use the cache at all."""
 
     mode: CacheMode
-    key: str
+    key: str  # the exact entry's hash; "" when the exact cache does not apply
     lookup: bool
     write: bool
     ttl: int
+    semantic: bool = False  # the semantic cache applies too (looked up and written in the worker)
 
     def as_json(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "key": self.key, "lookup": self.lookup, "write": self.write, "ttl": self.ttl}
+        return {
+            "mode": self.mode.value,
+            "key": self.key,
+            "lookup": self.lookup,
+            "write": self.write,
+            "ttl": self.ttl,
+            "semantic": self.semantic,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CachePlan | None:
-        if not data.get("key"):
+        if not data.get("key") and not data.get("semantic"):
             return None
-        return cls(CacheMode(data["mode"]), data["key"], bool(data["lookup"]), bool(data["write"]), int(data["ttl"]))
+        return cls(
+            CacheMode(data["mode"]),
+            data["key"],
+            bool(data["lookup"]),
+            bool(data["write"]),
+            int(data["ttl"]),
+            bool(data.get("semantic")),
+        )
 
 
 def deterministic(params: dict[str, Any]) -> bool:
@@ -110,8 +154,18 @@ def cache_plan(
     ttl = int((option or {}).get("ttl") or policy.exact_ttl_seconds)
     if mode is CacheMode.BYPASS:
         return CachePlan(mode, "", lookup=False, write=False, ttl=ttl)
+    asked_semantic = bool((option or {}).get("semantic"))
+    if asked_semantic and policy.embedder is None:
+        raise InvalidRequest(
+            "cache.semantic needs an embedder, and this organisation has none configured.",
+            code="semantic_cache_unavailable",
+            param="cache.semantic",
+        )
+    # `only` answers at submission, where only the exact cache is asked.
+    semantic = (policy.semantic_enabled or asked_semantic) and mode is not CacheMode.ONLY
+    lookup, write = mode is not CacheMode.REFRESH, mode is not CacheMode.ONLY
     cacheable = mode is not CacheMode.USE or option is not None or policy.cache_all_requests or deterministic(params)
-    if not cacheable:
+    key = exact_hash(tenant_schema=tenant_schema, model=model, messages=messages, params=params) if cacheable else ""
+    if not key and not semantic:
         return CachePlan(mode, "", lookup=False, write=False, ttl=ttl)
-    key = exact_hash(tenant_schema=tenant_schema, model=model, messages=messages, params=params)
-    return CachePlan(mode, key, lookup=mode is not CacheMode.REFRESH, write=mode is not CacheMode.ONLY, ttl=ttl)
+    return CachePlan(mode, key, lookup=lookup, write=write, ttl=ttl, semantic=semantic)

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from apps.accounts.models import Tier
@@ -191,9 +191,52 @@ class CachePolicy(models.Model):
         default=False,
         help_text="Cache every request, not only deterministic ones (temperature 0 or top_p 0).",
     )
+    # Semantic cache: answers reused for paraphrases, within the same conversation
+    # context, found by embedding similarity in the tenant's own schema.
+    semantic_enabled = models.BooleanField(
+        default=False, help_text="Answer paraphrases of earlier requests from the semantic cache."
+    )
+    semantic_threshold = models.FloatField(
+        default=0.95,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Cosine similarity at or above which a cached answer is reused.",
+    )
+    semantic_ttl_seconds = models.PositiveIntegerField(
+        default=7 * 24 * 3600, validators=[MinValueValidator(60)], help_text="How long a semantic entry is kept."
+    )
+    semantic_max_entries = models.PositiveIntegerField(
+        default=10_000,
+        validators=[MinValueValidator(1)],
+        help_text="Most entries kept; the least recently hit go first.",
+    )
+    embedder_base_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="OpenAI-compatible API root serving /embeddings (OpenAI, vLLM, Ollama, TEI).",
+    )
+    embedder_model = models.CharField(max_length=200, blank=True)
+    embedder_api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name.")],
+        help_text="Environment variable that holds the embedder's API key (blank: no key).",
+    )
+    embedder_dimensions = models.PositiveSmallIntegerField(
+        choices=[(384, "384"), (768, "768"), (1024, "1024"), (1536, "1536")],
+        default=384,
+        help_text="Vector size (sent as `dimensions` to models that accept it; others must produce this size).",
+    )
 
     class Meta:
         verbose_name_plural = "cache policies"
 
     def __str__(self) -> str:
-        return f"{self.tenant}: exact {self.exact_ttl_seconds}s{' (all requests)' if self.cache_all_requests else ''}"
+        semantic = f", semantic >= {self.semantic_threshold}" if self.semantic_enabled else ""
+        everything = " (all requests)" if self.cache_all_requests else ""
+        return f"{self.tenant}: exact {self.exact_ttl_seconds}s{everything}{semantic}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.semantic_enabled and not (self.embedder_base_url and self.embedder_model):
+            raise ValidationError("The semantic cache needs an embedder: its base URL and model.")

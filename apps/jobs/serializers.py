@@ -104,6 +104,7 @@ class WebhookSerializer(StrictSerializer):
 class CacheOptionSerializer(StrictSerializer):
     mode = serializers.ChoiceField(choices=["use", "refresh", "bypass", "only"], required=False, default="use")
     ttl = serializers.IntegerField(required=False, min_value=1, max_value=30 * 24 * 3600)
+    semantic = serializers.BooleanField(required=False)
 
 
 class JobCreateSerializer(StrictSerializer):

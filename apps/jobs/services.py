@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -21,8 +21,10 @@ from apps.accounts.selectors import Principal
 from apps.billing.budgets import budget_after_charge, budget_release, budget_reserve, budget_settle
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, ledger_cached, ledger_record, worst_case_cost
+from apps.cache.embedder import EmbedderError
 from apps.cache.exact import CachedAnswer, exact_get, exact_put, flight_join, flight_land
-from apps.cache.policy import CacheMode, CachePlan, cache_plan
+from apps.cache.policy import CacheMode, CachePlan, cache_plan, policy_for
+from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -113,7 +115,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     plan = cache_plan(
         tenant_schema=schema, model=spec.slug, messages=request.messages, params=request.params, option=request.cache
     )
-    if plan.lookup:
+    if plan.lookup and plan.key:
         answer = exact_get(schema=schema, key=plan.key)
         if answer is not None:
             # Answered now: no rate limit, no budget, no worker.
@@ -176,7 +178,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             request_hash=fingerprint,
             enqueued_at=timezone.now(),
             webhook_url=webhook_url,
-            cache=plan.as_json() if plan.key else {},
+            cache=plan.as_json() if plan.key or plan.semantic else {},
         )
         stored = _store(job, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec)
     except BaseException:
@@ -212,11 +214,12 @@ def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int | None) -> No
         ratelimit_reconcile(buckets, estimated=job.ratelimit_tokens, used=used)
 
 
-def _answer_from_cache(job: Job, answer: CachedAnswer, *, kind: str = "exact") -> None:
-    """Fill an unsaved job with a cached answer: it is stored already succeeded."""
+def _answer_from_cache(job: Job, answer: CachedAnswer, *, kind: str = "exact", similarity: float | None = None) -> None:
+    """Fill a job (in memory) with a cached answer."""
     now = timezone.now()
     job.status = JobStatus.SUCCEEDED
     job.cached = kind
+    job.cache_similarity = similarity
     job.output = answer.output
     job.finish_reason = answer.finish_reason
     job.input_tokens = answer.input_tokens
@@ -261,7 +264,7 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
         _publish_cached(job=job, spec=spec, listeners=False)
         return
     plan = CachePlan.from_json(job.cache)
-    if plan is not None and plan.write:
+    if plan is not None and plan.key and plan.write:
         leader = flight_join(schema=schema, key=plan.key, job_id=job.pk)
         if leader is not None:
             logger.info("job %s follows job %s (identical request in flight)", job.pk, leader)
@@ -427,12 +430,15 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         return
     spec = model_get(job.model)
     plan = CachePlan.from_json(job.cache)
+    lookup: SemanticLookup | None = None
     if spec is not None and plan is not None and plan.lookup:
-        # Answered while it waited (its flight's leader landed, or an earlier twin).
-        answer = exact_get(schema=current_schema(), key=plan.key)
+        answer, kind, similarity, lookup = _cache_lookup(job=job, plan=plan)
         if answer is not None:
-            _job_answer_from_cache(job=job, spec=spec, answer=answer, status=JobStatus.RUNNING)
-            _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+            _job_answer_from_cache(
+                job=job, spec=spec, answer=answer, status=JobStatus.RUNNING, kind=kind, similarity=similarity
+            )
+            if plan.key:
+                _flight_land(job=job, spec=spec, plan=plan, answer=answer)
             return
     relay = EventRelay(job_id=job.pk)
     release_connection()  # the provider call may take minutes; the pool should not wait
@@ -455,7 +461,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             code=exc.code,
             webhook_url=job.webhook_url,
         )
-        if spec is not None and plan is not None:
+        if spec is not None and plan is not None and plan.key:
             _flight_land(job=job, spec=spec, plan=plan, answer=None)
         return
     cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
@@ -496,9 +502,13 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             response_model=result.response_model,
             created=timezone.now().isoformat(),
         )
-        exact_put(schema=current_schema(), key=plan.key, answer=answer, ttl=plan.ttl)
-        _flight_land(job=job, spec=spec, plan=plan, answer=answer)
-    elif plan is not None:
+        if plan.key:
+            exact_put(schema=current_schema(), key=plan.key, answer=answer, ttl=plan.ttl)
+        if plan.semantic:
+            _semantic_write(job=job, lookup=lookup, answer=answer)
+        if plan.key:
+            _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+    elif plan is not None and plan.key:
         _flight_land(job=job, spec=spec, plan=plan, answer=None)
     budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
     _reconcile_rate_limits(job=job, spec=spec, used=result.input_tokens + result.output_tokens)
@@ -527,6 +537,7 @@ def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
 _ANSWER_FIELDS = (
     "status",
     "cached",
+    "cache_similarity",
     "output",
     "finish_reason",
     "input_tokens",
@@ -539,11 +550,72 @@ _ANSWER_FIELDS = (
 )
 
 
-def _job_answer_from_cache(*, job: Job, spec: ModelSpec, answer: CachedAnswer, status: JobStatus) -> bool:
+def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, str, float | None, SemanticLookup | None]:
+    """The worker's look before calling the model: the exact entry (written while
+    the job waited), then the semantic cache. (answer, kind, similarity, the
+    semantic lookup to reuse its embedding). Cache trouble is logged, never fatal."""
+    schema = current_schema()
+    if plan.key:
+        answer = exact_get(schema=schema, key=plan.key)
+        if answer is not None:
+            return answer, "exact", None, None
+    if not plan.semantic:
+        return None, "", None, None
+    policy = policy_for(schema)
+    if policy.embedder is None:
+        return None, "", None, None
+    try:
+        lookup = semantic_lookup(
+            policy=policy, embedder=policy.embedder, model=job.model, messages=job.messages, params=job.params
+        )
+    except (EmbedderError, DatabaseError) as exc:
+        logger.warning("semantic cache lookup failed for job %s, calling the model: %s", job.pk, exc)
+        return None, "", None, None
+    if lookup is None:
+        return None, "", None, None
+    logger.info(
+        "semantic cache %s for job %s (similarity %s, %.1f ms)",
+        "hit" if lookup.hit else "miss",
+        job.pk,
+        None if lookup.similarity is None else round(lookup.similarity, 4),
+        lookup.elapsed_ms,
+    )
+    if lookup.hit is not None:
+        return lookup.hit.answer, "semantic", lookup.hit.similarity, lookup
+    return None, "", None, lookup
+
+
+def _semantic_write(*, job: Job, lookup: SemanticLookup | None, answer: CachedAnswer) -> None:
+    """Keep a model's answer for paraphrases (reusing the lookup's embedding)."""
+    policy = policy_for(current_schema())
+    if policy.embedder is None:
+        return
+    try:
+        if lookup is None:  # `refresh`: nothing was looked up
+            key = semantic_key(model=job.model, messages=job.messages, params=job.params)
+            if key is None:
+                return
+            vector = policy.embedder.embed([key.prompt])[0]
+        else:
+            key, vector = lookup.key, lookup.vector
+        semantic_store(policy=policy, key=key, vector=vector, answer=answer)
+    except (EmbedderError, DatabaseError) as exc:
+        logger.warning("semantic cache write skipped for job %s: %s", job.pk, exc)
+
+
+def _job_answer_from_cache(
+    *,
+    job: Job,
+    spec: ModelSpec,
+    answer: CachedAnswer,
+    status: JobStatus,
+    kind: str = "exact",
+    similarity: float | None = None,
+) -> bool:
     """Complete a stored job (queued or running, per `status`) with a cached answer:
     succeeded at no cost, its hold and rate-limit tokens given back, published like
     an answer from the cache at submission. False when it had moved on (cancelled)."""
-    _answer_from_cache(job, answer)
+    _answer_from_cache(job, answer, kind=kind, similarity=similarity)
     updated = Job.objects.filter(pk=job.pk, status=status).update(
         lease_expires_at=None, **{name: getattr(job, name) for name in _ANSWER_FIELDS}
     )

@@ -77,12 +77,12 @@ def provider_api_key(spec: ModelSpec) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
+def openai_client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
 
 def provider_client(spec: ModelSpec) -> openai.OpenAI:
-    return _client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
+    return openai_client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
 
 
 # Async clients hold connections bound to one event loop: one per (loop, provider).

@@ -1,0 +1,175 @@
+"""The semantic cache: answers reused for paraphrases, in the tenant's schema.
+
+An entry is keyed by its model and partition (a hash of the conversation before
+the last user message, the system prompt included, and the sampling parameters:
+a paraphrase matches only in the same context) and holds the embedding of the
+normalized last user message. A lookup embeds the new message and asks the
+partition's nearest neighbour through the HNSW index for its vector size, with
+`hnsw.ef_search` raised and pgvector 0.8's iterative scan on (the partition is
+a filter HNSW applies after the scan), both `SET LOCAL` in the lookup's
+transaction so pooled connections do not keep them. A neighbour at or above the
+tenant's threshold is a hit. Entries expire (TTL) and are capped per tenant
+(`semantic_evict`, least recently hit first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.llm.tokens import message_text
+
+from .embedder import Embedder, EmbedderError
+from .exact import CachedAnswer
+from .models import DIMENSIONS, SemanticEntry
+from .policy import Policy
+
+logger = logging.getLogger(__name__)
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True)
+class SemanticKey:
+    """Where a request's answer lives in the semantic cache."""
+
+    model: str
+    partition: str
+    prompt: str  # the last user message, normalized
+
+
+def semantic_key(*, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> SemanticKey | None:
+    """None when the request has no user message to match on."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last is None:
+        return None
+    prompt = normalize(message_text(messages[last].get("content")))
+    if not prompt:
+        return None
+    context = {"before": messages[:last], "after": messages[last + 1 :], "params": params}
+    canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return SemanticKey(model, hashlib.sha256(canonical.encode()).hexdigest(), prompt)
+
+
+def _literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    entry_id: int
+    similarity: float
+    answer: CachedAnswer
+
+
+@dataclass(frozen=True)
+class SemanticLookup:
+    key: SemanticKey
+    vector: list[float]  # the prompt's embedding (reused when the answer is written)
+    hit: SemanticHit | None
+    similarity: float | None  # the nearest neighbour's, hit or not
+    elapsed_ms: float
+
+
+def nearest(*, key: SemanticKey, vector: Sequence[float]) -> tuple[int, float] | None:
+    """The partition's nearest live entry and its cosine similarity (index scan)."""
+    dims = len(vector)
+    if dims not in DIMENSIONS:
+        raise EmbedderError(f"vectors of size {dims} cannot be indexed (sizes: {DIMENSIONS})")
+    literal = _literal(vector)
+    # `dims` is one of DIMENSIONS (an int we checked), written into the SQL so the
+    # planner can match the partial index on it.
+    sql = (
+        f"SELECT id, 1 - ((embedding::vector({dims})) <=> %s::vector({dims})) FROM answer_cache_semanticentry"
+        f" WHERE dimensions = {dims} AND model = %s AND partition = %s AND expires_at > now()"
+        f" ORDER BY (embedding::vector({dims})) <=> %s::vector({dims}) LIMIT 1"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {int(settings.SEMANTIC_EF_SEARCH)}")
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute(sql, [literal, key.model, key.partition, literal])
+        row = cursor.fetchone()
+    return (int(row[0]), float(row[1])) if row else None
+
+
+def semantic_lookup(
+    *, policy: Policy, embedder: Embedder, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+) -> SemanticLookup | None:
+    """Embed the request's last user message and look for a paraphrase's answer
+    (in the current tenant schema). None when the request cannot be matched.
+    Raises EmbedderError when the embedder fails."""
+    key = semantic_key(model=model, messages=messages, params=params)
+    if key is None:
+        return None
+    started = time.perf_counter()
+    vector = embedder.embed([key.prompt])[0]
+    found = nearest(key=key, vector=vector)
+    hit = None
+    if found is not None and found[1] >= policy.semantic_threshold:
+        entry_id, similarity = found
+        now = timezone.now()
+        SemanticEntry.objects.filter(pk=entry_id).update(hit_count=F("hit_count") + 1, last_hit_at=now)
+        entry = SemanticEntry.objects.filter(pk=entry_id).first()
+        if entry is not None:
+            hit = SemanticHit(entry_id, similarity, _answer(entry))
+    elapsed = (time.perf_counter() - started) * 1000
+    return SemanticLookup(key, vector, hit, found[1] if found else None, elapsed)
+
+
+def _answer(entry: SemanticEntry) -> CachedAnswer:
+    return CachedAnswer(
+        output=entry.output,
+        finish_reason=entry.finish_reason,
+        input_tokens=entry.input_tokens,
+        output_tokens=entry.output_tokens,
+        usage_estimated=entry.usage_estimated,
+        response_model=entry.response_model,
+        created=entry.created_at.isoformat(),
+    )
+
+
+def semantic_store(*, policy: Policy, key: SemanticKey, vector: Sequence[float], answer: CachedAnswer) -> None:
+    now = timezone.now()
+    SemanticEntry.objects.create(
+        model=key.model,
+        partition=key.partition,
+        prompt=key.prompt,
+        dimensions=len(vector),
+        embedding=list(vector),
+        output=answer.output,
+        finish_reason=answer.finish_reason,
+        input_tokens=answer.input_tokens,
+        output_tokens=answer.output_tokens,
+        usage_estimated=answer.usage_estimated,
+        response_model=answer.response_model,
+        created_at=now,
+        expires_at=now + timedelta(seconds=policy.semantic_ttl_seconds),
+        last_hit_at=now,
+    )
+
+
+def semantic_evict(*, policy: Policy) -> int:
+    """Drop expired entries, then the least recently hit beyond the tenant's
+    maximum (in the current tenant schema). How many went."""
+    expired, _ = SemanticEntry.objects.filter(expires_at__lte=timezone.now()).delete()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM answer_cache_semanticentry WHERE id IN"
+            " (SELECT id FROM answer_cache_semanticentry ORDER BY last_hit_at DESC, id DESC OFFSET %s)",
+            [policy.semantic_max_entries],
+        )
+        over = cursor.rowcount
+    return expired + max(0, over)
