@@ -43,6 +43,8 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.delivery
 	$(PY) -m bench.admission
 	$(PY) -m bench.ratelimit
+	$(PY) -m bench.cache
+	$(PY) -m bench.semantic
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)

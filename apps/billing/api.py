@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.cache.stats import cache_stats
 from apps.core.errors import InvalidRequest
 
 from .money import format_usd
@@ -47,13 +48,14 @@ class UsageApi(APIView):
         since = query.validated_data.get("since") or (timezone.now() - timedelta(days=30)).date()
         rows = usage_summary(since=since, group_by=group_by, user_id=None if principal.is_admin else principal.user_id)
         total = sum(row["cost_micros"] for row in rows)
-        return Response(
-            {
-                "scope": "tenant" if principal.is_admin else "user",
-                "group_by": group_by,
-                "since": since.isoformat(),
-                "data": rows,
-                "total_cost_micros": total,
-                "total_cost_usd": format_usd(total),
-            }
-        )
+        body: dict[str, Any] = {
+            "scope": "tenant" if principal.is_admin else "user",
+            "group_by": group_by,
+            "since": since.isoformat(),
+            "data": rows,
+            "total_cost_micros": total,
+            "total_cost_usd": format_usd(total),
+        }
+        if principal.is_admin:  # the tenant's cache counters (hits, misses, lookup latency)
+            body["cache"] = cache_stats(schema=principal.tenant_schema, since=since)
+        return Response(body)

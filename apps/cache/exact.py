@@ -28,6 +28,9 @@ from redis.commands.core import Script
 
 from apps.core.redis import redis_client
 
+from .stats import TTL_SECONDS as STATS_TTL_SECONDS
+from .stats import stats_key
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,9 +67,23 @@ def _followers_key(schema: str, key: str) -> str:
 # a write is skipped and a job leads its own flight (all logged).
 
 
-def exact_get(*, schema: str, key: str) -> CachedAnswer | None:
+# KEYS: entry, the day's counters. -> the entry (or nil), counted as a hit or miss.
+_GET = """
+local value = redis.call('GET', KEYS[1])
+redis.call('HINCRBY', KEYS[2], value and 'exact_hit' or 'exact_miss', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return value
+"""
+
+
+def exact_get(*, schema: str, key: str, count: bool = True) -> CachedAnswer | None:
+    """The entry, if any; `count`: counted as an exact hit or miss in the same
+    round trip (the worker's second look counts only a hit)."""
     try:
-        raw = redis_client().get(_entry_key(schema, key))
+        if count:
+            raw = _script(_GET)(keys=[_entry_key(schema, key), stats_key(schema)], args=[STATS_TTL_SECONDS])
+        else:
+            raw = redis_client().get(_entry_key(schema, key))
     except redis.RedisError as exc:
         logger.warning("exact cache lookup failed, treated as a miss: %s", exc)
         return None

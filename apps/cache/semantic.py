@@ -65,7 +65,7 @@ def semantic_key(*, model: str, messages: list[dict[str, Any]], params: dict[str
 
 
 def _literal(vector: Sequence[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+    return "[" + ",".join(map(str, vector)) + "]"
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,11 @@ def nearest(*, key: SemanticKey, vector: Sequence[float]) -> tuple[int, float] |
         f" ORDER BY (embedding::vector({dims})) <=> %s::vector({dims}) LIMIT 1"
     )
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {int(settings.SEMANTIC_EF_SEARCH)}")
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        # Both settings in one round trip; `true`: local to this transaction.
+        cursor.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+            [str(settings.SEMANTIC_EF_SEARCH)],
+        )
         cursor.execute(sql, [literal, key.model, key.partition, literal])
         row = cursor.fetchone()
     return (int(row[0]), float(row[1])) if row else None

@@ -25,6 +25,7 @@ from apps.cache.embedder import EmbedderError
 from apps.cache.exact import CachedAnswer, exact_get, exact_put, flight_join, flight_land
 from apps.cache.policy import CacheMode, CachePlan, cache_plan, policy_for
 from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
+from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -556,8 +557,9 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
     semantic lookup to reuse its embedding). Cache trouble is logged, never fatal."""
     schema = current_schema()
     if plan.key:
-        answer = exact_get(schema=schema, key=plan.key)
+        answer = exact_get(schema=schema, key=plan.key, count=False)  # its miss was counted at submission
         if answer is not None:
+            cache_count(schema=schema, field="exact_hit")
             return answer, "exact", None, None
     if not plan.semantic:
         return None, "", None, None
@@ -573,6 +575,7 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
         return None, "", None, None
     if lookup is None:
         return None, "", None, None
+    cache_count(schema=schema, field="semantic_hit" if lookup.hit else "semantic_miss", lookup_ms=lookup.elapsed_ms)
     logger.info(
         "semantic cache %s for job %s (similarity %s, %.1f ms)",
         "hit" if lookup.hit else "miss",
@@ -638,6 +641,7 @@ def _flight_land(*, job: Job, spec: ModelSpec, plan: CachePlan, answer: CachedAn
         if answer is None:
             job_enqueue(job_id=follower.pk, model=follower.model)
         elif _job_answer_from_cache(job=follower, spec=spec, answer=answer, status=JobStatus.QUEUED):
+            cache_count(schema=current_schema(), field="flight_follower")
             logger.info("job %s answered by job %s (single flight)", follower.pk, job.pk)
 
 

@@ -15,6 +15,7 @@ from django.conf import settings
 from django_tenants.utils import tenant_context
 
 from apps.billing.models import LedgerEntry, LedgerKind
+from apps.cache.stats import stats_key
 from apps.controls.models import CachePolicy
 from apps.jobs.models import Job
 from tests.support import Personas, http_client, job_until_final, sse_events
@@ -58,6 +59,9 @@ def test_a_deterministic_repeat_is_answered_at_submission_for_free(
         events = [event for _, event in sse_events(response)]
     assert [e["type"] for e in events] == ["delta", "usage", "done"]
     assert events[0]["text"] == first["output"]
+    # Counted: the first request's miss, the second's hit (no double counting by the worker).
+    day = redis.Redis.from_url(settings.REDIS_URL).hgetall(stats_key("acme"))
+    assert day == {b"exact_miss": b"1", b"exact_hit": b"1"}
 
 
 def test_sampled_requests_are_not_cached_unless_the_tenant_or_request_opts_in(

@@ -12,7 +12,10 @@ from typing import Any
 
 from django.utils import timezone
 from django_tenants.utils import tenant_context
+from rest_framework.test import APIClient
 
+from apps.accounts.models import User
+from apps.accounts.services import api_key_create
 from apps.cache.models import SemanticEntry
 from apps.controls.models import CachePolicy
 from apps.tenants.models import Tenant
@@ -69,6 +72,15 @@ def test_a_paraphrase_is_answered_from_the_semantic_cache(worker, committed_pers
     other = _ask(client, "Tell me a joke about databases.")
     assert other["cached"] is None
     assert _calls(upstream) == 2
+
+    # The tenant's counters: two semantic misses and a hit, with their latency.
+    with tenant_context(alice.tenant):
+        _, admin_key = api_key_create(user=User.objects.get(pk=alice.user_id), name="admin", is_admin=True)
+    admin = APIClient()
+    admin.credentials(HTTP_AUTHORIZATION=f"Bearer {admin_key}")
+    counters = admin.get("/api/v1/usage").json()["cache"]
+    assert counters["semantic_hit"] == 1 and counters["semantic_miss"] == 2
+    assert counters["semantic_lookup_ms_mean"] > 0
 
 
 def test_another_system_prompt_never_hits(worker, committed_personas: Personas, upstream):
