@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from apps.catalog.selectors import ModelSpec
 from apps.tenants.models import Tenant
 
-from .models import LedgerEntry, LedgerKind
+from .models import LedgerKind
 from .money import cost_micros
 
-ONE_PER_ATTEMPT = "one_charge_and_refund_per_attempt"
 _tenant_ids: dict[str, int] = {}
 
 
@@ -59,59 +57,54 @@ def ledger_record(
     saved: int = 0,
     note: str = "",
 ) -> bool:
-    """Append one entry and add it to the public daily rollup, in one transaction
-    (in the current tenant schema). False, and nothing written, when this job
-    attempt already has an entry of this kind: a redelivered task or a retried
-    settlement cannot charge twice."""
+    """Append one entry and add it to the public daily rollup, in one statement
+    (atomic by itself; in the current tenant schema). False, and nothing written,
+    when this job attempt already has an entry of this kind: a redelivered task or
+    a retried settlement cannot charge twice.
+
+    One round trip, not a transaction's four: the rollup row of a (tenant, day,
+    model) is shared by every charge, and its row lock is held only while this
+    statement runs (or until the caller's transaction commits)."""
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            LedgerEntry.objects.create(
-                kind=kind,
-                user_id=user_id,
-                job_id=job_id,
-                attempt=attempt,
-                model=model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost_micros=cost,
-                saved_micros=saved,
-                note=note,
-                created_at=now,
-            )
-            _rollup(
-                schema=connection.schema_name,  # type: ignore[attr-defined]
-                day=now.date(),
-                model=model,
-                requests=0 if kind == LedgerKind.REFUND else 1,
-                input_tokens=input_tokens if kind != LedgerKind.REFUND else 0,
-                output_tokens=output_tokens if kind != LedgerKind.REFUND else 0,
-                cost=cost,
-                saved=saved,
-            )
-    except IntegrityError as exc:
-        if ONE_PER_ATTEMPT in str(exc):
-            return False
-        raise
-    return True
-
-
-def _rollup(
-    *, schema: str, day: date, model: str, requests: int, input_tokens: int, output_tokens: int, cost: int, saved: int
-) -> None:
+    refund = kind == LedgerKind.REFUND
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO public.controls_spendrollup"
+            "WITH entry AS ("
+            " INSERT INTO billing_ledgerentry (user_id, job_id, attempt, model, kind, input_tokens, output_tokens,"
+            " cost_micros, saved_micros, note, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (job_id, attempt, kind) WHERE kind IN ('charge', 'refund') DO NOTHING RETURNING 1)"
+            " INSERT INTO public.controls_spendrollup"
             " (tenant_id, day, model, requests, input_tokens, output_tokens, cost_micros, saved_micros)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s FROM entry"
             " ON CONFLICT (tenant_id, day, model) DO UPDATE SET"
             " requests = controls_spendrollup.requests + EXCLUDED.requests,"
             " input_tokens = controls_spendrollup.input_tokens + EXCLUDED.input_tokens,"
             " output_tokens = controls_spendrollup.output_tokens + EXCLUDED.output_tokens,"
             " cost_micros = controls_spendrollup.cost_micros + EXCLUDED.cost_micros,"
             " saved_micros = controls_spendrollup.saved_micros + EXCLUDED.saved_micros",
-            [_tenant_id(schema), day, model, requests, input_tokens, output_tokens, cost, saved],
+            [
+                user_id,
+                job_id,
+                attempt,
+                model,
+                LedgerKind(kind).value,
+                input_tokens,
+                output_tokens,
+                cost,
+                saved,
+                note,
+                now,
+                _tenant_id(connection.schema_name),  # type: ignore[attr-defined]
+                now.date(),
+                model,
+                0 if refund else 1,
+                0 if refund else input_tokens,
+                0 if refund else output_tokens,
+                cost,
+                saved,
+            ],
         )
+        return bool(cursor.rowcount)
 
 
 def ledger_cached(*, user_id: int, spec: ModelSpec, input_tokens: int, output_tokens: int, job_id: uuid.UUID) -> None:
