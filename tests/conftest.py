@@ -188,7 +188,7 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
                 if attempt == 9:
                     raise
                 time.sleep(0.2)
-        # Budget counters, reservations, alert marks, buckets and cached answers:
+        # Budget counters, reservations, alert marks, buckets, cached answers and breakers:
         # every test starts with none.
         client = redis.Redis.from_url(settings.REDIS_URL)
         patterns = (
@@ -198,6 +198,7 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
             "aip:{*}:rl:*",
             "aip:rl:*",
             "aip:{*}:cache:*",
+            "aip:cb:*",
         )
         for pattern in patterns:
             for key in client.scan_iter(match=pattern, count=1000):

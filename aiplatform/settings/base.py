@@ -202,6 +202,18 @@ RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env_float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS",
 # Provider call timeout. The task's soft limit sits above it so a slow provider
 # fails the job cleanly instead of being killed.
 LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimum=1)
+# Retries of a provider call that failed for the provider's reasons (5xx, 429,
+# timeouts, no connection): how many, and the exponential backoff with full jitter
+# (a provider's Retry-After is honoured when longer). No attempt starts after the
+# job's deadline (from its start), so a job runs at most the deadline plus one call.
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2, minimum=0)
+LLM_RETRY_BASE_SECONDS = env_float("LLM_RETRY_BASE_SECONDS", 0.5, minimum=0.0)
+LLM_RETRY_MAX_SECONDS = env_float("LLM_RETRY_MAX_SECONDS", 8.0, minimum=0.0)
+JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", LLM_REQUEST_TIMEOUT_SECONDS, minimum=1)
+# Circuit breakers per model (apps/llm/breaker.py), shared through Redis.
+BREAKER_FAILURES = env_int("BREAKER_FAILURES", 5, minimum=1)
+BREAKER_WINDOW_SECONDS = env_int("BREAKER_WINDOW_SECONDS", 30, minimum=1)
+BREAKER_COOLDOWN_SECONDS = env_int("BREAKER_COOLDOWN_SECONDS", 30, minimum=1)
 # A job queued this long with no worker claiming it is re-sent by the sweeper
 # (its message may have been lost with Redis).
 JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30)
@@ -245,8 +257,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # that another idle worker could start.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The hard limit kills a stuck task; the soft limit lets it fail the job first.
-CELERY_TASK_SOFT_TIME_LIMIT = LLM_REQUEST_TIMEOUT_SECONDS + 30
-CELERY_TASK_TIME_LIMIT = LLM_REQUEST_TIMEOUT_SECONDS + 60
+# A job runs at most its deadline plus one attempt's timeout; the task limits sit above.
+CELERY_TASK_SOFT_TIME_LIMIT = JOB_DEADLINE_SECONDS + LLM_REQUEST_TIMEOUT_SECONDS + 30
+CELERY_TASK_TIME_LIMIT = JOB_DEADLINE_SECONDS + LLM_REQUEST_TIMEOUT_SECONDS + 60
 # Redis redelivers an unacked message after visibility_timeout: keep it well above
 # the hard limit, or a long acks-late job would run twice.
 _VISIBILITY_TIMEOUT = CELERY_TASK_TIME_LIMIT * 2 + 600

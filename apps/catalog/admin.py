@@ -1,7 +1,9 @@
+import redis
 from django.contrib import admin
 from django.db import models
 
 from apps.core.admin_sites import operator_site
+from apps.llm.breaker import breaker_state
 
 from .models import LLMModel
 
@@ -18,6 +20,7 @@ class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
         "output_price_per_mtok",
         "enabled",
         "queue",
+        "breaker",
     )
     list_filter = ("provider", "enabled")
     list_editable = ("enabled",)
@@ -25,3 +28,16 @@ class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
     readonly_fields = ("queue", "created_at", "updated_at")
     # A base URL typed without a scheme means https (Django 6's default).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    @admin.display(description="circuit breaker")
+    def breaker(self, row: LLMModel) -> str:
+        """The model's shared breaker as it stands (apps/llm/breaker.py)."""
+        try:
+            state = breaker_state(row.slug)
+        except redis.RedisError:
+            return "unknown (Redis unreachable)"
+        if state.state == "open":
+            return f"open ({state.seconds_left:g}s left)"
+        if state.state == "closed" and state.failures:
+            return f"closed ({state.failures} recent failures)"
+        return state.state

@@ -55,6 +55,7 @@ def job_representation(
         "cached": job.cached or None,
         "cache_similarity": job.cache_similarity,
         "provider_latency_ms": job.provider_latency_ms,
+        "attempts": job.attempt_log,
         "error": error,
         "metadata": job.metadata,
         "created_at": job.created_at,
@@ -94,6 +95,17 @@ class JobErrorSchema(serializers.Serializer[Any]):
     provider_status = serializers.IntegerField(allow_null=True)
 
 
+class AttemptSchema(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField()
+    outcome = serializers.ChoiceField(choices=["succeeded", "failed", "skipped"])
+    error_type = serializers.CharField(allow_null=True)
+    provider_status = serializers.IntegerField(allow_null=True)
+    message = serializers.CharField(allow_null=True)
+    retries = serializers.IntegerField()
+
+
 class JobLinksSchema(serializers.Serializer[Any]):
     self = serializers.URLField()
     events = serializers.URLField()
@@ -127,6 +139,7 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     )
     cache_similarity = serializers.FloatField(allow_null=True, help_text="a semantic hit's cosine similarity")
     provider_latency_ms = serializers.IntegerField(allow_null=True)
+    attempts = AttemptSchema(many=True, help_text="each model tried, with its retries")
     error = JobErrorSchema(allow_null=True)
     metadata = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()

@@ -60,6 +60,10 @@ class Job(models.Model):
     response_model = models.CharField(max_length=200, blank=True)
     response_id = models.CharField(max_length=200, blank=True)
 
+    # Each model the job tried: {model, started_at, ended_at, outcome (succeeded,
+    # failed, skipped), error_type, provider_status, message, retries}.
+    attempt_log = models.JSONField(default=list, blank=True)
+
     # Failure, when there is one: our type, the provider's status and message verbatim.
     error_type = models.CharField(max_length=64, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

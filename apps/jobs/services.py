@@ -7,6 +7,8 @@ import functools
 import hashlib
 import json
 import logging
+import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +31,7 @@ from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, ratelimit_reconcile, ratelimit_refund
@@ -448,7 +451,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             raise ProviderError("model_unavailable", f"Model {job.model!r} was disabled after the job was queued.")
         # Always streamed: listeners get tokens as they arrive (through the relay),
         # and a broken stream is caught instead of returned as a short answer.
-        result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
+        result = _call_with_retries(job=job, spec=spec, relay=relay)
     except ProviderError as exc:
         if exc.partial_output and spec is not None:
             _charge_and_refund(job=job, spec=spec, output=exc.partial_output)
@@ -461,13 +464,14 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             status=exc.status,
             code=exc.code,
             webhook_url=job.webhook_url,
+            attempt_log=job.attempt_log,
         )
         if spec is not None and plan is not None and plan.key:
             _flight_land(job=job, spec=spec, plan=plan, answer=None)
         return
     cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
     with transaction.atomic():
-        succeeded = _job_succeed(job_id=job.pk, result=result, cost=cost)
+        succeeded = _job_succeed(job_id=job.pk, result=result, cost=cost, attempt_log=job.attempt_log)
         # Charged even when the job was cancelled while the provider answered: the
         # call was made. One charge per attempt (a unique constraint).
         ledger_record(
@@ -549,6 +553,64 @@ _ANSWER_FIELDS = (
     "started_at",
     "finished_at",
 )
+
+
+def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatResult:
+    """Call the model, retrying what failed for the provider's reasons (5xx, 429,
+    timeouts, no connection) with exponential backoff and full jitter, or after the
+    provider's Retry-After when that is longer; never after the job's deadline, and
+    never once text has streamed (the listeners have it: a retry would repeat it).
+    A model whose circuit breaker is open is skipped without a call. The attempt,
+    with its retries, is appended to `job.attempt_log`."""
+    deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
+    started = timezone.now()
+    retries = 0
+    while True:
+        if not breaker_allow(spec.slug):
+            exc = ProviderError(
+                "circuit_open",
+                f"{spec.slug} is failing; its circuit breaker is open, so it was skipped without a call.",
+            )
+            job.attempt_log.append(_attempt(spec, started, "skipped", retries, exc))
+            raise exc
+        try:
+            result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
+        except ProviderError as exc:
+            breaker_record(spec.slug, ok=not exc.provider_trouble)
+            wait = _backoff(retries, exc.retry_after)
+            retry = exc.provider_trouble and not exc.partial_output and retries < settings.LLM_MAX_RETRIES
+            if not retry or timezone.now() + timedelta(seconds=wait) >= deadline:
+                job.attempt_log.append(_attempt(spec, started, "failed", retries, exc))
+                raise
+            logger.info(
+                "job %s: %s failed (%s); retry %d in %.2fs", job.pk, spec.slug, exc.error_type, retries + 1, wait
+            )
+            time.sleep(wait)
+            retries += 1
+            continue
+        breaker_record(spec.slug, ok=True)
+        job.attempt_log.append(_attempt(spec, started, "succeeded", retries, None))
+        return result
+
+
+def _backoff(retries: int, retry_after: float | None) -> float:
+    """Full jitter on an exponential ceiling; at least the provider's Retry-After."""
+    ceiling = min(settings.LLM_RETRY_MAX_SECONDS, settings.LLM_RETRY_BASE_SECONDS * 2**retries)
+    wait = random.uniform(0, ceiling)
+    return max(wait, retry_after) if retry_after is not None else wait
+
+
+def _attempt(spec: ModelSpec, started: Any, outcome: str, retries: int, exc: ProviderError | None) -> dict[str, Any]:
+    return {
+        "model": spec.slug,
+        "started_at": started.isoformat(),
+        "ended_at": timezone.now().isoformat(),
+        "outcome": outcome,
+        "error_type": exc.error_type if exc else None,
+        "provider_status": exc.status if exc else None,
+        "message": exc.message if exc else None,
+        "retries": retries,
+    }
 
 
 def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, str, float | None, SemanticLookup | None]:
@@ -663,10 +725,11 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
-def _job_succeed(*, job_id: uuid.UUID, result: ChatResult, cost: int) -> bool:
+def _job_succeed(*, job_id: uuid.UUID, result: ChatResult, cost: int, attempt_log: list[dict[str, Any]]) -> bool:
     # Guarded by status: a job cancelled while the provider answered stays cancelled.
     return bool(
         Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            attempt_log=attempt_log,
             status=JobStatus.SUCCEEDED,
             output=result.output,
             finish_reason=result.finish_reason,
@@ -691,10 +754,14 @@ def job_fail(
     status: int | None = None,
     code: str | None = None,
     webhook_url: str | None = None,
+    attempt_log: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Fail a running job: record the error, tell listeners, send its webhook
-    (`webhook_url` saves a query when the caller has the job at hand)."""
+    """Fail a running job: record the error (and the attempts made), tell
+    listeners, send its webhook (`webhook_url` saves a query when the caller has
+    the job at hand)."""
+    extra: dict[str, Any] = {"attempt_log": attempt_log} if attempt_log is not None else {}
     failed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        **extra,
         status=JobStatus.FAILED,
         error_type=error_type,
         error_code=code or "",

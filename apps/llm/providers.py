@@ -41,6 +41,7 @@ class ProviderError(Exception):
         status: int | None = None,
         code: str | None = None,
         partial_output: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
@@ -50,6 +51,29 @@ class ProviderError(Exception):
         # Text the provider had streamed before it failed: it generated (and bills)
         # those tokens even though the call produced no answer.
         self.partial_output = partial_output
+        self.retry_after = retry_after  # seconds, from the provider's Retry-After
+
+    @property
+    def provider_trouble(self) -> bool:
+        """The provider is failing or overloaded (5xx, 429, 408, timeout, no
+        connection, a broken stream): worth a retry, and counted by its breaker.
+        A 4xx other than those means the request itself is wrong: no retry."""
+        if self.error_type in ("provider_timeout", "provider_unreachable", "provider_stream_broken"):
+            return True
+        return self.status is not None and (self.status >= 500 or self.status in (408, 409, 429))
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds; an HTTP date is ignored)."""
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +216,11 @@ def chat_stream(
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
-            "provider_error", _status_error_message(exc), status=exc.status_code, code=_status_error_code(exc)
+            "provider_error",
+            _status_error_message(exc),
+            status=exc.status_code,
+            code=_status_error_code(exc),
+            retry_after=_retry_after(exc),
         ) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc)) from exc

@@ -31,6 +31,7 @@ def test_operator_admin_shows_catalog_and_tenants(operator):
     assert catalog.status_code == 200
     assert b"local-small" in catalog.content
     assert b"llm.local-small" in catalog.content
+    assert b"Circuit breaker" in catalog.content and b">closed<" in catalog.content
 
 
 def test_tenant_admin_creates_a_key_and_shows_it_once(personas: Personas):
