@@ -53,6 +53,7 @@ PUBLIC_TABLES = (
     "controls_killswitch",
     "controls_ratelimit",
     "controls_cachepolicy",
+    "controls_fallbackpolicy",
 )
 
 

@@ -171,6 +171,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 *
 # process trusts a tenant's policy (operators' edits apply within it).
 CACHE_DEFAULT_TTL_SECONDS = env_int("CACHE_DEFAULT_TTL_SECONDS", 3600, minimum=1)
 CACHE_POLICY_CACHE_SECONDS = env_int("CACHE_POLICY_CACHE_SECONDS", 5, minimum=0)
+# Fallback policies (tier and tenant chains) are trusted this long per process.
+FALLBACK_POLICY_CACHE_SECONDS = env_int("FALLBACK_POLICY_CACHE_SECONDS", 5, minimum=0)
 # Semantic cache: HNSW candidates per lookup (recall vs latency), and how long a
 # worker waits for the embedder before calling the model without the cache.
 SEMANTIC_EF_SEARCH = env_int("SEMANTIC_EF_SEARCH", 100, minimum=1)

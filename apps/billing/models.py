@@ -35,6 +35,9 @@ class LedgerEntry(models.Model):
     user = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="ledger_entries")
     job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_entries")
     attempt = models.PositiveSmallIntegerField(default=0, help_text="The job's claim number the entry is for.")
+    call = models.PositiveSmallIntegerField(
+        default=0, help_text="Which step of the job's fallback chain made the call (0: the requested model)."
+    )
     model = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=LedgerKind.choices)
     input_tokens = models.PositiveIntegerField(default=0)
@@ -49,9 +52,9 @@ class LedgerEntry(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["job", "attempt", "kind"],
+                fields=["job", "attempt", "call", "kind"],
                 condition=Q(kind__in=["charge", "refund"]),
-                name="one_charge_and_refund_per_attempt",
+                name="one_charge_and_refund_per_call",
             )
         ]
         indexes = [models.Index(fields=["user", "created_at"])]

@@ -52,6 +52,7 @@ def ledger_record(
     cost: int,
     job_id: uuid.UUID | None = None,
     attempt: int = 0,
+    call: int = 0,
     input_tokens: int = 0,
     output_tokens: int = 0,
     saved: int = 0,
@@ -70,9 +71,10 @@ def ledger_record(
     with connection.cursor() as cursor:
         cursor.execute(
             "WITH entry AS ("
-            " INSERT INTO billing_ledgerentry (user_id, job_id, attempt, model, kind, input_tokens, output_tokens,"
-            " cost_micros, saved_micros, note, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (job_id, attempt, kind) WHERE kind IN ('charge', 'refund') DO NOTHING RETURNING 1)"
+            " INSERT INTO billing_ledgerentry (user_id, job_id, attempt, call, model, kind, input_tokens,"
+            " output_tokens, cost_micros, saved_micros, note, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (job_id, attempt, call, kind) WHERE kind IN ('charge', 'refund') DO NOTHING RETURNING 1)"
             " INSERT INTO public.controls_spendrollup"
             " (tenant_id, day, model, requests, input_tokens, output_tokens, cost_micros, saved_micros)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s FROM entry"
@@ -86,6 +88,7 @@ def ledger_record(
                 user_id,
                 job_id,
                 attempt,
+                call,
                 model,
                 LedgerKind(kind).value,
                 input_tokens,

@@ -7,7 +7,16 @@ from django.http import HttpRequest
 from apps.billing.money import format_usd
 from apps.core.admin_sites import operator_site
 
-from .models import CachePolicy, KillSwitch, KillSwitchEvent, RateLimit, SpendRollup, TenantBudget, TierBudget
+from .models import (
+    CachePolicy,
+    FallbackPolicy,
+    KillSwitch,
+    KillSwitchEvent,
+    RateLimit,
+    SpendRollup,
+    TenantBudget,
+    TierBudget,
+)
 from .switches import switches_cache_clear
 
 
@@ -94,3 +103,9 @@ class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
 class CachePolicyAdmin(admin.ModelAdmin[CachePolicy]):
     list_display = ("tenant", "exact_ttl_seconds", "cache_all_requests", "semantic_enabled", "semantic_threshold")
     search_fields = ("tenant__name", "tenant__schema_name")
+
+
+@admin.register(FallbackPolicy, site=operator_site)
+class FallbackPolicyAdmin(admin.ModelAdmin[FallbackPolicy]):
+    list_display = ("__str__", "tier", "tenant", "semantic_cache_last")
+    list_filter = ("tier",)

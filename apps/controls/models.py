@@ -240,3 +240,47 @@ class CachePolicy(models.Model):
 
         if self.semantic_enabled and not (self.embedder_base_url and self.embedder_model):
             raise ValidationError("The semantic cache needs an embedder: its base URL and model.")
+
+
+class FallbackPolicy(models.Model):
+    """Where a job goes when its model fails: an ordered chain of models tried after
+    the requested one, then optionally the tenant's semantic cache. Per tier (the
+    default for its users) or per tenant (overrides the tiers). Requests may name
+    their own `fallbacks`, within these models."""
+
+    tier = models.CharField(max_length=16, choices=Tier.choices, blank=True, help_text="A tier's default.")
+    tenant = models.ForeignKey(
+        "tenants.Tenant", on_delete=models.CASCADE, null=True, blank=True, related_name="+", help_text="Or a tenant."
+    )
+    chain = models.JSONField(default=list, help_text='Model slugs in order, e.g. ["premium-large", "local-small"].')
+    semantic_cache_last = models.BooleanField(
+        default=False, help_text="When every model failed, answer with the closest semantic-cache entry."
+    )
+
+    class Meta:
+        verbose_name_plural = "fallback policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(tenant__isnull=True) & ~models.Q(tier=""))
+                | (models.Q(tenant__isnull=False) & models.Q(tier="")),
+                name="fallback_policy_for_a_tier_or_a_tenant",
+            ),
+            models.UniqueConstraint(
+                fields=["tier", "tenant"], nulls_distinct=False, name="one_fallback_policy_per_scope"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        steps = " -> ".join([*self.chain, *(["semantic cache"] if self.semantic_cache_last else [])])
+        return f"{self.tier or self.tenant}: {steps}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from apps.catalog.models import LLMModel
+
+        if not isinstance(self.chain, list) or not all(isinstance(m, str) for m in self.chain):
+            raise ValidationError({"chain": "A list of model slugs."})
+        unknown = sorted(set(self.chain) - set(LLMModel.objects.values_list("slug", flat=True)))
+        if unknown:
+            raise ValidationError({"chain": f"Not in the catalog: {', '.join(unknown)}."})

@@ -56,6 +56,9 @@ def job_representation(
         "cache_similarity": job.cache_similarity,
         "provider_latency_ms": job.provider_latency_ms,
         "attempts": job.attempt_log,
+        "fallbacks": job.fallbacks,
+        "answered_by": job.answered_by or None,
+        "tier": job.tier,
         "error": error,
         "metadata": job.metadata,
         "created_at": job.created_at,
@@ -140,6 +143,9 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     cache_similarity = serializers.FloatField(allow_null=True, help_text="a semantic hit's cosine similarity")
     provider_latency_ms = serializers.IntegerField(allow_null=True)
     attempts = AttemptSchema(many=True, help_text="each model tried, with its retries")
+    fallbacks = serializers.ListField(child=serializers.CharField(), help_text="the steps after `model`")
+    answered_by = serializers.CharField(allow_null=True, help_text="the model (or semantic_cache) that answered")
+    tier = serializers.IntegerField(allow_null=True, help_text="which step answered: 1 is `model`")
     error = JobErrorSchema(allow_null=True)
     metadata = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()

@@ -61,6 +61,11 @@ class EventRelay:
             self._append({"type": "delta", "text": text})
         self.last_flush = time.monotonic()
 
+    def event(self, event: dict[str, Any]) -> None:
+        """Append an event now, after the deltas buffered before it."""
+        self.flush()
+        self._append(event)
+
     def final(self, *events: dict[str, Any]) -> None:
         """Flush, append the closing events and start the stream's expiry clock."""
         self.flush()

@@ -63,6 +63,11 @@ class Job(models.Model):
     # Each model the job tried: {model, started_at, ended_at, outcome (succeeded,
     # failed, skipped), error_type, provider_status, message, retries}.
     attempt_log = models.JSONField(default=list, blank=True)
+    # The fallback chain after `model` (model slugs, then "semantic_cache" if the
+    # tenant's semantic cache is the last tier), and which step answered (1: `model`).
+    fallbacks = models.JSONField(default=list, blank=True)
+    answered_by = models.CharField(max_length=64, blank=True)
+    tier = models.PositiveSmallIntegerField(null=True, blank=True)
 
     # Failure, when there is one: our type, the provider's status and message verbatim.
     error_type = models.CharField(max_length=64, blank=True)

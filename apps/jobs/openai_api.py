@@ -201,6 +201,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
                     kind = event["type"]
                     if kind == "delta":
                         pieces.append(event["text"])
+                    elif kind == "fallback":  # the next model starts over
+                        pieces.clear()
                     elif kind == "usage":
                         usage = _usage_from_event(event)
                     elif kind in ("done", "error"):
@@ -267,12 +269,27 @@ async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[b
     created = int(time.time())
     yield _chunk(job, created, {"role": "assistant", "content": ""})
     usage: dict[str, int] | None = None
+    sent = False  # any content yet
     async for _, event in job_event_stream(schema, job):
         kind = event["type"]
         if event is HEARTBEAT[1]:
             yield b": keep-alive\n\n"
         elif kind == "delta":
+            sent = True
             yield _chunk(job, created, {"content": event["text"]})
+        elif kind == "fallback":
+            if not sent:  # nothing shown yet: the next model's answer streams on seamlessly
+                continue
+            # OpenAI's chunks cannot take back text a client has shown: end with an
+            # error (the SDK raises it) rather than splice two answers together.
+            body = error_body(
+                error_type="server_error",
+                code="provider_stream_broken",
+                message=f"{event['from']}'s stream broke mid-answer ({event['reason']}); the job continues on"
+                f" {event['to']}: its complete answer will be at GET /api/v1/jobs/{job.pk}.",
+            )
+            yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+            return
         elif kind == "usage":
             usage = _usage_from_event(event)
         elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:

@@ -118,6 +118,9 @@ class JobCreateSerializer(StrictSerializer):
     stream = serializers.BooleanField(required=False, default=False)
     webhook = WebhookSerializer(required=False)
     cache = CacheOptionSerializer(required=False)
+    fallbacks = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=8, allow_empty=True
+    )
 
     def job_request(self, *, stream: bool | None = None) -> JobRequest:
         """The validated submission as the job service takes it (`stream` overrides
@@ -131,4 +134,5 @@ class JobCreateSerializer(StrictSerializer):
             stream=data["stream"] if stream is None else stream,
             webhook_url=data.get("webhook", {}).get("url", ""),
             cache=dict(data["cache"]) if "cache" in data else None,
+            fallbacks=list(data["fallbacks"]) if "fallbacks" in data else None,
         )

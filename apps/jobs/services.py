@@ -38,6 +38,7 @@ from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, 
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
 from .events import EventRelay, job_events_close
+from .fallbacks import SEMANTIC_CACHE, fallbacks_for
 from .models import Job, JobStatus
 from .selectors import job_get
 from .webhooks import webhook_schedule, webhook_url_check
@@ -64,6 +65,7 @@ class JobRequest:
     stream: bool = False
     webhook_url: str = ""
     cache: dict[str, Any] | None = None  # the request's `cache` option ({"mode", "ttl"}), if it sent one
+    fallbacks: list[str] | None = None  # the request's own fallback models, if it named any
 
     def fingerprint(self) -> str:
         """Hash of the canonical request: what an Idempotency-Key replay must match."""
@@ -75,8 +77,11 @@ class JobRequest:
             "stream": self.stream,
             "webhook_url": self.webhook_url,
         }
-        if self.cache is not None:  # only then: fingerprints of earlier requests stay valid
+        # Only when sent: fingerprints of earlier requests stay valid.
+        if self.cache is not None:
             fields["cache"] = self.cache
+        if self.fallbacks is not None:
+            fields["fallbacks"] = self.fallbacks
         canonical = json.dumps(
             fields,
             sort_keys=True,
@@ -116,6 +121,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     if request.webhook_url:
         webhook_url_check(request.webhook_url)
     schema = principal.tenant_schema
+    fallbacks = fallbacks_for(tenant_schema=schema, tier=principal.tier, model=spec.slug, requested=request.fallbacks)
     plan = cache_plan(
         tenant_schema=schema, model=spec.slug, messages=request.messages, params=request.params, option=request.cache
     )
@@ -158,7 +164,11 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     fail_open = tenant_connection().tenant.ratelimit_fail_open
     limits = ratelimit_admit(buckets, tokens, fail_open=fail_open)
     taken = tokens if limits is not None else 0
-    worst_case = worst_case_cost(spec, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
+    # The hold covers the dearest model the job may end up calling.
+    worst_case = max(
+        worst_case_cost(step, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
+        for step in [spec, *(s for s in map(model_get, fallbacks) if s is not None)]
+    )
     try:
         held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
     except BaseException:
@@ -183,6 +193,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             enqueued_at=timezone.now(),
             webhook_url=webhook_url,
             cache=plan.as_json() if plan.key or plan.semantic else {},
+            fallbacks=fallbacks,
         )
         stored = _store(job, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec)
     except BaseException:
@@ -445,41 +456,57 @@ def job_execute(*, job_id: uuid.UUID) -> None:
                 _flight_land(job=job, spec=spec, plan=plan, answer=answer)
             return
     relay = EventRelay(job_id=job.pk)
-    release_connection()  # the provider call may take minutes; the pool should not wait
-    try:
-        if spec is None or not spec.enabled:
-            raise ProviderError("model_unavailable", f"Model {job.model!r} was disabled after the job was queued.")
-        # Always streamed: listeners get tokens as they arrive (through the relay),
-        # and a broken stream is caught instead of returned as a short answer.
-        result = _call_with_retries(job=job, spec=spec, relay=relay)
-    except ProviderError as exc:
-        if exc.partial_output and spec is not None:
-            _charge_and_refund(job=job, spec=spec, output=exc.partial_output)
+    release_connection()  # the provider calls may take minutes; the pool should not wait
+    outcome = _run_chain(job=job, spec=spec, relay=relay)
+    if isinstance(outcome, ProviderError):  # every step failed
         if spec is not None:
             _reconcile_rate_limits(job=job, spec=spec, used=0)
         job_fail(
             job_id=job.pk,
-            error_type=exc.error_type,
-            message=exc.message,
-            status=exc.status,
-            code=exc.code,
+            error_type=outcome.error_type,
+            message=_failure_summary(job, outcome),
+            status=outcome.status,
+            code=outcome.code,
             webhook_url=job.webhook_url,
             attempt_log=job.attempt_log,
         )
         if spec is not None and plan is not None and plan.key:
             _flight_land(job=job, spec=spec, plan=plan, answer=None)
         return
-    cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    if isinstance(outcome, _LastResort):  # every model failed; the semantic cache answered
+        relay.flush()
+        job.answered_by, job.tier = SEMANTIC_CACHE, outcome.tier
+        _job_answer_from_cache(
+            job=job,
+            spec=spec or outcome.priced_as,
+            answer=outcome.answer,
+            status=JobStatus.RUNNING,
+            kind="semantic",
+            similarity=outcome.similarity,
+        )
+        if spec is not None and plan is not None and plan.key:
+            _flight_land(job=job, spec=spec, plan=plan, answer=None)
+        return
+    answered, step, result = outcome
+    cost = call_cost(answered, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
     with transaction.atomic():
-        succeeded = _job_succeed(job_id=job.pk, result=result, cost=cost, attempt_log=job.attempt_log)
+        succeeded = _job_succeed(
+            job_id=job.pk,
+            result=result,
+            cost=cost,
+            attempt_log=job.attempt_log,
+            answered_by=answered.slug,
+            tier=step + 1,
+        )
         # Charged even when the job was cancelled while the provider answered: the
-        # call was made. One charge per attempt (a unique constraint).
+        # call was made. One charge per call (a unique constraint).
         ledger_record(
             kind=LedgerKind.CHARGE,
             user_id=job.user_id,
             job_id=job.pk,
             attempt=job.attempts,
-            model=spec.slug,
+            call=step,
+            model=answered.slug,
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             cost=cost,
@@ -496,8 +523,9 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
-    # Then the cache and the identical requests that waited for this answer.
-    if succeeded and plan is not None and plan.write:
+    # Then the cache and the identical requests that waited for this answer (only
+    # the requested model's answers are cached: a fallback's is not what was asked).
+    if succeeded and plan is not None and plan.write and step == 0:
         answer = CachedAnswer(
             output=result.output,
             finish_reason=result.finish_reason,
@@ -512,15 +540,96 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         if plan.semantic:
             _semantic_write(job=job, lookup=lookup, answer=answer)
         if plan.key:
-            _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+            _flight_land(job=job, spec=answered, plan=plan, answer=answer)
     elif plan is not None and plan.key:
-        _flight_land(job=job, spec=spec, plan=plan, answer=None)
+        _flight_land(job=job, spec=spec or answered, plan=plan, answer=None)
     budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
-    _reconcile_rate_limits(job=job, spec=spec, used=result.input_tokens + result.output_tokens)
+    _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
     budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
 
 
-def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
+@dataclass(frozen=True)
+class _LastResort:
+    answer: CachedAnswer
+    similarity: float
+    tier: int
+    priced_as: ModelSpec  # what the saved cost is priced at when the requested model is gone
+
+
+def _run_chain(
+    *, job: Job, spec: ModelSpec | None, relay: EventRelay
+) -> tuple[ModelSpec, int, ChatResult] | _LastResort | ProviderError:
+    """Try the requested model, then each fallback, then (if it is last) the
+    semantic cache; the first answer wins: (model, step, result). Each model gets
+    its retries and is skipped while its breaker is open; a stream that broke
+    mid-answer is charged (and refunded) and the next step starts over, after a
+    `fallback` event that tells listeners to discard what they showed. No step
+    starts after the job's deadline. Every step failed: the last error.
+
+    The job stays in this worker for every step: it holds a worker slot already,
+    the calls are I/O in a gevent pool, and no model queue has a concurrency cap of
+    its own to respect; re-queueing would add a queue wait to a job that is late."""
+    deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
+    failure: ProviderError | None = None
+    previous = ""
+    for step, name in enumerate([job.model, *job.fallbacks]):
+        if step and timezone.now() >= deadline:
+            break
+        if name == SEMANTIC_CACHE:
+            found = _semantic_last_resort(job=job, spec=spec, tier=step + 1)
+            if found is not None:
+                return found
+            continue
+        step_spec = model_get(name)
+        if step_spec is None or not step_spec.enabled:
+            failure = ProviderError("model_unavailable", f"Model {name!r} is disabled or no longer in the catalog.")
+            job.attempt_log.append(_attempt(name, timezone.now(), "skipped", 0, failure))
+            previous = name
+            continue
+        if failure is not None:
+            relay.event({"type": "fallback", "from": previous, "to": name, "reason": failure.error_type})
+        previous = name
+        try:
+            return step_spec, step, _call_with_retries(job=job, spec=step_spec, relay=relay)
+        except ProviderError as exc:
+            if exc.partial_output:
+                _charge_and_refund(job=job, spec=step_spec, output=exc.partial_output, call=step)
+            failure = exc
+    return failure or ProviderError("deadline_exceeded", "The job's deadline passed before any model answered.")
+
+
+def _semantic_last_resort(*, job: Job, spec: ModelSpec | None, tier: int) -> _LastResort | None:
+    """The closest answer in the tenant's semantic cache at or above its threshold."""
+    started = timezone.now()
+    policy = policy_for(current_schema())
+    priced_as = spec or model_get(job.model)
+    found = None
+    if policy.embedder is not None and priced_as is not None:
+        try:
+            lookup = semantic_lookup(
+                policy=policy, embedder=policy.embedder, model=job.model, messages=job.messages, params=job.params
+            )
+        except (EmbedderError, DatabaseError) as exc:
+            logger.warning("semantic cache (last tier) failed for job %s: %s", job.pk, exc)
+            lookup = None
+        if lookup is not None and lookup.hit is not None:
+            found = _LastResort(lookup.hit.answer, lookup.hit.similarity, tier, priced_as)
+    miss = None if found else ProviderError("cache_miss", "No cached answer was close enough.")
+    job.attempt_log.append(_attempt(SEMANTIC_CACHE, started, "succeeded" if found else "failed", 0, miss))
+    return found
+
+
+def _failure_summary(job: Job, last: ProviderError) -> str:
+    """The last error's message, and what every step did."""
+    steps = [
+        f"{a['model']}: {a['outcome']} ({a['error_type']})" for a in job.attempt_log if a["outcome"] != "succeeded"
+    ]
+    if len(steps) <= 1:
+        return last.message
+    return f"{last.message} Every step failed: {'; '.join(steps)}."
+
+
+def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str, call: int = 0) -> None:
     """A call that failed after the provider generated text: the provider bills
     those tokens, so the ledger shows the charge, and the refund that gives it
     back (the user got no answer). Both unique per attempt; the hold is released."""
@@ -530,6 +639,7 @@ def _charge_and_refund(*, job: Job, spec: ModelSpec, output: str) -> None:
         "user_id": job.user_id,
         "job_id": job.pk,
         "attempt": job.attempts,
+        "call": call,
         "model": spec.slug,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -552,6 +662,9 @@ _ANSWER_FIELDS = (
     "cost_micros",
     "started_at",
     "finished_at",
+    "attempt_log",
+    "answered_by",
+    "tier",
 )
 
 
@@ -571,7 +684,7 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatR
                 "circuit_open",
                 f"{spec.slug} is failing; its circuit breaker is open, so it was skipped without a call.",
             )
-            job.attempt_log.append(_attempt(spec, started, "skipped", retries, exc))
+            job.attempt_log.append(_attempt(spec.slug, started, "skipped", retries, exc))
             raise exc
         try:
             result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
@@ -580,7 +693,7 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatR
             wait = _backoff(retries, exc.retry_after)
             retry = exc.provider_trouble and not exc.partial_output and retries < settings.LLM_MAX_RETRIES
             if not retry or timezone.now() + timedelta(seconds=wait) >= deadline:
-                job.attempt_log.append(_attempt(spec, started, "failed", retries, exc))
+                job.attempt_log.append(_attempt(spec.slug, started, "failed", retries, exc))
                 raise
             logger.info(
                 "job %s: %s failed (%s); retry %d in %.2fs", job.pk, spec.slug, exc.error_type, retries + 1, wait
@@ -589,7 +702,7 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatR
             retries += 1
             continue
         breaker_record(spec.slug, ok=True)
-        job.attempt_log.append(_attempt(spec, started, "succeeded", retries, None))
+        job.attempt_log.append(_attempt(spec.slug, started, "succeeded", retries, None))
         return result
 
 
@@ -600,9 +713,9 @@ def _backoff(retries: int, retry_after: float | None) -> float:
     return max(wait, retry_after) if retry_after is not None else wait
 
 
-def _attempt(spec: ModelSpec, started: Any, outcome: str, retries: int, exc: ProviderError | None) -> dict[str, Any]:
+def _attempt(model: str, started: Any, outcome: str, retries: int, exc: ProviderError | None) -> dict[str, Any]:
     return {
-        "model": spec.slug,
+        "model": model,
         "started_at": started.isoformat(),
         "ended_at": timezone.now().isoformat(),
         "outcome": outcome,
@@ -725,11 +838,21 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
 
 
-def _job_succeed(*, job_id: uuid.UUID, result: ChatResult, cost: int, attempt_log: list[dict[str, Any]]) -> bool:
+def _job_succeed(
+    *,
+    job_id: uuid.UUID,
+    result: ChatResult,
+    cost: int,
+    attempt_log: list[dict[str, Any]],
+    answered_by: str,
+    tier: int,
+) -> bool:
     # Guarded by status: a job cancelled while the provider answered stays cancelled.
     return bool(
         Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
             attempt_log=attempt_log,
+            answered_by=answered_by,
+            tier=tier,
             status=JobStatus.SUCCEEDED,
             output=result.output,
             finish_reason=result.finish_reason,
