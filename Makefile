@@ -45,6 +45,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.ratelimit
 	$(PY) -m bench.cache
 	$(PY) -m bench.semantic
+	$(PY) -m bench.fallback
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)

@@ -29,7 +29,8 @@ Control API (for tests, never behind the API key):
   POST /_control/reset       counters, faults and settings back to the start options;
                              requests hanging on a timeout fault answer 503
   POST /_control/configure   {"latency_ms", "chunk_delay_ms", "stream_usage",
-                              "nonstream_usage", "reply"} (any subset)
+                              "nonstream_usage", "reply", "embedding_aliases",
+                              "error_rates"} (any subset)
   POST /_control/faults      {"faults": [fault, ...]} appended to a queue. A fault:
                              kind "error" (default) | "timeout" | "cut_stream";
                              model (null = any); status (default 500); message,
@@ -109,6 +110,9 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     # {text: other text}: `text` is embedded as `other text` is (a paraphrase at
     # similarity 1.0), for tests of semantic matching.
     "embedding_aliases": (dict,),
+    # {model: probability}: that share of its chat requests answer 500 (seeded, so
+    # a run is repeatable), for benchmarks of fallbacks under partial failure.
+    "error_rates": (dict,),
 }
 _FAULT_KINDS = ("error", "timeout", "cut_stream")
 _FAULT_ENDPOINTS = ("chat", "embeddings", "any")
@@ -323,6 +327,7 @@ class UpstreamApp:
             "nonstream_usage": True,
             "reply": None,
             "embedding_aliases": {},
+            "error_rates": {},
         }
         self._ids = itertools.count(1)
         self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
@@ -346,6 +351,8 @@ class UpstreamApp:
         self.nonstream_usage: bool = s["nonstream_usage"]
         self.reply: str | None = s["reply"]
         self.embedding_aliases: dict[str, str] = dict(s["embedding_aliases"])
+        self.error_rates: dict[str, float] = dict(s["error_rates"])
+        self._error_rng = random.Random(7)
         self.faults: list[_Fault] = []
         self.total = 0
         self.per_path: dict[str, int] = {}
@@ -368,6 +375,7 @@ class UpstreamApp:
             "nonstream_usage": self.nonstream_usage,
             "reply": self.reply,
             "embedding_aliases": self.embedding_aliases,
+            "error_rates": self.error_rates,
         }
 
     def configure(self, **kw: Any) -> None:
@@ -556,6 +564,10 @@ class UpstreamApp:
             await asyncio.sleep(self.latency)
         if fault is not None and fault.kind == "error":
             await _send_fault(send, fault)
+            return
+        if self.error_rates.get(model, 0) and self._error_rng.random() < self.error_rates[model]:
+            self.faults_triggered += 1
+            await _send_error(send, 500, "injected failure (error_rates)", "server_error", None)
             return
 
         prompt_tokens = 0

@@ -22,12 +22,15 @@ class JobAdmin(admin.ModelAdmin[Job]):
         "user",
         "model",
         "status",
+        "answered_by",
+        "tier",
+        "cached",
         "input_tokens",
         "output_tokens",
         "provider_latency_ms",
         "created_at",
     )
-    list_filter = ("status", "model")
+    list_filter = ("status", "model", "cached", "tier")
     search_fields = ("id", "user__email")
     date_hierarchy = "created_at"
     list_select_related = ("user",)
