@@ -305,6 +305,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 # --- Sentry (nothing is sent unless SENTRY_DSN is set)
 SENTRY_DSN = env_str("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development")

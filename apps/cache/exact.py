@@ -29,7 +29,7 @@ from redis.commands.core import Script
 from apps.core.redis import redis_client
 
 from .stats import TTL_SECONDS as STATS_TTL_SECONDS
-from .stats import stats_key
+from .stats import stats_key, total_key
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,14 @@ def _followers_key(schema: str, key: str) -> str:
 # a write is skipped and a job leads its own flight (all logged).
 
 
-# KEYS: entry, the day's counters. -> the entry (or nil), counted as a hit or miss.
+# KEYS: entry, the day's counters, the all-time counters. -> the entry (or nil),
+# counted as a hit or miss.
 _GET = """
 local value = redis.call('GET', KEYS[1])
-redis.call('HINCRBY', KEYS[2], value and 'exact_hit' or 'exact_miss', 1)
+local field = value and 'exact_hit' or 'exact_miss'
+redis.call('HINCRBY', KEYS[2], field, 1)
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], field, 1)
 return value
 """
 
@@ -81,7 +84,8 @@ def exact_get(*, schema: str, key: str, count: bool = True) -> CachedAnswer | No
     round trip (the worker's second look counts only a hit)."""
     try:
         if count:
-            raw = _script(_GET)(keys=[_entry_key(schema, key), stats_key(schema)], args=[STATS_TTL_SECONDS])
+            keys = [_entry_key(schema, key), stats_key(schema), total_key(schema)]
+            raw = _script(_GET)(keys=keys, args=[STATS_TTL_SECONDS])
         else:
             raw = redis_client().get(_entry_key(schema, key))
     except redis.RedisError as exc:

@@ -1,6 +1,7 @@
-"""Cache counters per tenant and UTC day, in Redis (atomic across processes):
-hits and misses by kind, single-flight followers, and the semantic lookups'
-total latency. Read by the usage API; kept 35 days."""
+"""Cache counters per tenant, in Redis (atomic across processes): hits and misses
+by kind, single-flight followers, and the semantic lookups' total latency. Per UTC
+day (read by the usage API; kept 35 days) and since the start (`:total`, never
+reset: the Prometheus counters at /metrics)."""
 
 from __future__ import annotations
 
@@ -22,18 +23,29 @@ def stats_key(schema: str, day: date | None = None) -> str:
     return f"aip:{{{schema}}}:cache:stats:{(day or timezone.now().date()):%Y%m%d}"
 
 
+def total_key(schema: str) -> str:
+    return f"aip:{{{schema}}}:cache:stats:total"
+
+
 def cache_count(*, schema: str, field: str, lookup_ms: float | None = None) -> None:
     """Count one event (best effort: a Redis error is logged, never raised)."""
     key = stats_key(schema)
     try:
         pipe = redis_client().pipeline(transaction=False)
-        pipe.hincrby(key, field, 1)
-        if lookup_ms is not None:
-            pipe.hincrbyfloat(key, "semantic_lookup_ms_total", lookup_ms)
+        for target in (key, total_key(schema)):
+            pipe.hincrby(target, field, 1)
+            if lookup_ms is not None:
+                pipe.hincrbyfloat(target, "semantic_lookup_ms_total", lookup_ms)
         pipe.expire(key, TTL_SECONDS)
         pipe.execute()
     except redis.RedisError as exc:
         logger.warning("cache counter %s not recorded: %s", field, exc)
+
+
+def cache_totals(*, schema: str) -> dict[str, float]:
+    """The tenant's counters since the start."""
+    raw: dict[bytes, bytes] = redis_client().hgetall(total_key(schema))  # type: ignore[assignment]
+    return {name.decode(): float(value) for name, value in raw.items()}
 
 
 def cache_stats(*, schema: str, since: date) -> dict[str, float]:

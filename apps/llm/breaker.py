@@ -74,7 +74,8 @@ return 'counting'
 
 
 def _keys(model: str) -> list[str]:
-    return [f"aip:cb:{model}", f"aip:cb:{model}:probe"]
+    # One hash slot for both (a cluster runs the scripts): the slug is the tag.
+    return [f"aip:cb:{{{model}}}", f"aip:cb:{{{model}}}:probe"]
 
 
 @functools.cache
