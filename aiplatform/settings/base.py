@@ -214,6 +214,7 @@ LLM_RETRY_MAX_SECONDS = env_float("LLM_RETRY_MAX_SECONDS", 8.0, minimum=0.0)
 JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", LLM_REQUEST_TIMEOUT_SECONDS, minimum=1)
 # Circuit breakers per model (apps/llm/breaker.py), shared through Redis.
 BREAKER_FAILURES = env_int("BREAKER_FAILURES", 5, minimum=1)
+BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.5, minimum=0.0)
 BREAKER_WINDOW_SECONDS = env_int("BREAKER_WINDOW_SECONDS", 30, minimum=1)
 BREAKER_COOLDOWN_SECONDS = env_int("BREAKER_COOLDOWN_SECONDS", 30, minimum=1)
 # A job queued this long with no worker claiming it is re-sent by the sweeper

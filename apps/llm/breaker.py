@@ -1,9 +1,12 @@
 """A circuit breaker per model, shared by every worker through Redis.
 
-Closed: calls go through; each failure that says the provider is in trouble
-(5xx, 429, timeout, connection) is counted in a window of BREAKER_WINDOW_SECONDS.
-BREAKER_FAILURES of them open the breaker for BREAKER_COOLDOWN_SECONDS: the model
-is skipped at once, with no network call. After the cooldown it is half-open: one
+Closed: calls go through; calls and the failures that say the provider is in
+trouble (5xx, 429, timeout, connection) are counted in a window of
+BREAKER_WINDOW_SECONDS. At least BREAKER_FAILURES failures that are also at least
+BREAKER_FAILURE_RATIO of the window's calls open the breaker for
+BREAKER_COOLDOWN_SECONDS: the model is skipped at once, with no network call. (A
+count alone would open on a busy model's ordinary error rate: 1% of 1,000 calls a
+second is 10 failures a second.) After the cooldown it is half-open: one
 caller at a time gets through as a probe (the others are still refused); the
 probe's success closes the breaker, its failure opens it for another cooldown.
 Every transition is one script on Redis's clock, so all workers see one state.
@@ -34,21 +37,22 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 2 end
 return 0
 """
 
-# KEYS: state, probe. ARGV: ok (1/0), failures to open, window, cooldown.
+# KEYS: state, probe. ARGV: ok (1/0), failures to open, window, cooldown, failure ratio.
 # -> 'closed', 'counting', 'opened' (this failure opened it), 'open'
 _RECORD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local threshold, window, cooldown = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ratio = tonumber(ARGV[5])
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
-if ARGV[1] == '1' then
-  if open_until > 0 and now >= open_until then
+if ARGV[1] == '1' and open_until > 0 then
+  if now >= open_until then
     redis.call('DEL', KEYS[1], KEYS[2])
     return 'closed'
   end
-  return open_until > 0 and 'open' or 'closed'
+  return 'open'
 end
-if open_until > 0 then
+if ARGV[1] == '0' and open_until > 0 then
   if now >= open_until then
     -- the half-open probe failed: open again
     redis.call('HSET', KEYS[1], 'open_until', tostring(now + cooldown))
@@ -58,16 +62,18 @@ if open_until > 0 then
   end
   return 'open'
 end
-local started = tonumber(redis.call('HGET', KEYS[1], 'window_start') or '0')
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
-if now - started > window then started, failures = now, 0 end
-failures = failures + 1
-if failures >= threshold then
-  redis.call('HSET', KEYS[1], 'open_until', tostring(now + cooldown), 'failures', '0', 'window_start', tostring(now))
+local state = redis.call('HMGET', KEYS[1], 'window_start', 'failures', 'calls')
+local started, failures, calls = tonumber(state[1] or '0'), tonumber(state[2] or '0'), tonumber(state[3] or '0')
+if now - started > window then started, failures, calls = now, 0, 0 end
+calls = calls + 1
+if ARGV[1] == '0' then failures = failures + 1 end
+if ARGV[1] == '0' and failures >= threshold and failures >= ratio * calls then
+  redis.call('HSET', KEYS[1], 'open_until', tostring(now + cooldown), 'failures', '0', 'calls', '0',
+    'window_start', tostring(now))
   redis.call('EXPIRE', KEYS[1], math.ceil(cooldown) + window + 60)
   return 'opened'
 end
-redis.call('HSET', KEYS[1], 'failures', tostring(failures), 'window_start', tostring(started))
+redis.call('HSET', KEYS[1], 'failures', tostring(failures), 'calls', tostring(calls), 'window_start', tostring(started))
 redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
 return 'counting'
 """
@@ -102,6 +108,7 @@ def breaker_record(model: str, *, ok: bool) -> None:
                 settings.BREAKER_FAILURES,
                 settings.BREAKER_WINDOW_SECONDS,
                 settings.BREAKER_COOLDOWN_SECONDS,
+                settings.BREAKER_FAILURE_RATIO,
             ],
         )
     except redis.RedisError as exc:

@@ -92,3 +92,18 @@ def test_no_attempt_starts_after_the_deadline(worker, committed_personas: Person
     assert job["status"] == "failed"
     assert job["attempts"][0]["retries"] >= 1
     assert _seconds(job) <= 1 + 0.3 + 0.5  # the deadline, one attempt, and slack for the test machine
+
+
+def test_failures_that_are_a_small_share_of_calls_do_not_open_the_breaker(
+    worker, committed_personas: Personas, upstream, settings
+):
+    settings.BREAKER_FAILURES = 2
+    settings.BREAKER_FAILURE_RATIO = 0.5
+    for _ in range(4):
+        assert _run(committed_personas)["status"] == "succeeded"
+    upstream.add_faults({"model": "local-small", "status": 500, "message": "blip", "times": 2})
+    assert _run(committed_personas)["status"] == "failed"
+    assert _run(committed_personas)["status"] == "failed"  # 2 failures, but 2 of 6 calls
+    assert breaker_state("local-small").state == "closed"
+    assert _run(committed_personas)["status"] == "succeeded"
+    assert _calls(upstream) == 7
