@@ -4,9 +4,11 @@ The primary model fails 30% of its chat requests (500, seeded at the upstream);
 the secondary is healthy. Jobs go through `POST /v1/chat/completions` (non-stream:
 the request ends when the job does) at concurrency 8, with the fallback chain
 primary -> secondary and, for comparison, with `"fallbacks": []` (retries only).
-Reported: success rate, latency p50/p99, and the calls each model received
-(the primary's circuit breaker opens under this failure rate and sends whole
-stretches of jobs straight to the secondary).
+Reported: success rate, latency p50/p99, and the calls each model received.
+Under this failure rate the primary's circuit breaker opens (an early run of
+failures meets both its count and its ratio) and sends the jobs straight to the
+secondary, or, without fallback, fails them at once; a third cell runs without
+fallback on a platform whose breakers never open (retries alone).
 
     .venv/bin/python -m bench.fallback [--jobs 400]
 """
@@ -83,23 +85,36 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     out: dict[str, Any] = {}
-    with platform(llm_queues="llm.local-small,llm.bench-primary") as plat:
-        plat.manage("shell", "-c", SETUP)
-        time.sleep(6)  # catalog and policy caches
-        for name, body in (("with_fallback", BODY), ("without_fallback", {**BODY, "fallbacks": []})):
-            upstream(plat, "reset", {})
-            upstream(plat, "configure", {"error_rates": {"bench-primary": 0.3}})
-            redis_flush_breakers(plat)
-            cell = asyncio.run(run(plat, body, jobs=args.jobs, concurrency=args.concurrency))
-            stats = upstream(plat, "stats")
-            cell["upstream_calls"] = stats["chat_per_model"]
-            cell["injected_failures"] = stats["faults_triggered"]
-            out[name] = cell
-    print(
-        json.dumps(
-            {"benchmark": "fallback", "machine": {"cpus": os.cpu_count()}, "primary_error_rate": 0.3, **out}, indent=2
-        )
+    without = {**BODY, "fallbacks": []}
+    runs: tuple[tuple[str, dict[str, str], tuple[tuple[str, dict[str, Any]], ...]], ...] = (
+        ("", {}, (("with_fallback", BODY), ("without_fallback", without))),
+        # Without fallback again, with breakers that never open: what retries alone do.
+        ("_breakers_off", {"BREAKER_FAILURES": "1000000"}, (("without_fallback", without),)),
     )
+    for suffix, env, cells in runs:
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            with platform(llm_queues="llm.local-small,llm.bench-primary") as plat:
+                plat.manage("shell", "-c", SETUP)
+                time.sleep(6)  # catalog and policy caches
+                for name, body in cells:
+                    upstream(plat, "reset", {})
+                    upstream(plat, "configure", {"error_rates": {"bench-primary": 0.3}})
+                    redis_flush_breakers(plat)
+                    cell = asyncio.run(run(plat, body, jobs=args.jobs, concurrency=args.concurrency))
+                    stats = upstream(plat, "stats")
+                    cell["upstream_calls"] = stats["chat_per_model"]
+                    cell["injected_failures"] = stats["faults_triggered"]
+                    out[name + suffix] = cell
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    header = {"benchmark": "fallback", "machine": {"cpus": os.cpu_count()}, "primary_error_rate": 0.3}
+    print(json.dumps({**header, **out}, indent=2))
 
 
 def redis_flush_breakers(plat: Platform) -> None:
