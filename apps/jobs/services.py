@@ -576,6 +576,8 @@ def _run_chain(
         if step and timezone.now() >= deadline:
             break
         if name == SEMANTIC_CACHE:
+            if failure is not None:
+                relay.event({"type": "fallback", "from": previous, "to": name, "reason": failure.error_type})
             found = _semantic_last_resort(job=job, spec=spec, tier=step + 1)
             if found is not None:
                 return found

@@ -4,12 +4,16 @@ stream breaks mid-answer, each attempt listed on the job and charged per call.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import redis
+from django.conf import settings
 from django_tenants.utils import tenant_context
 
 from apps.billing.models import LedgerEntry, LedgerKind
 from apps.controls.models import CachePolicy, FallbackPolicy
+from apps.jobs.events import stream_key
 from tests.support import Personas, http_client, job_until_final, sse_events
 
 ASK = {"model": "premium-large", "messages": [{"role": "user", "content": "fall back please"}]}
@@ -74,6 +78,10 @@ def test_when_every_model_fails_the_semantic_cache_answers_else_every_attempt_is
     assert rescued["status"] == "succeeded"
     assert rescued["cached"] == "semantic" and rescued["answered_by"] == "semantic_cache" and rescued["tier"] == 3
     assert rescued["output"] == answered["output"]
+    stream: Any = redis.Redis.from_url(settings.REDIS_URL).xrange(stream_key(schema="globex", job_id=rescued["id"]))
+    events = [json.loads(fields[b"d"]) for _, fields in stream]
+    assert [e["type"] for e in events] == ["fallback", "fallback", "delta", "usage", "done"]
+    assert events[1] == {"type": "fallback", "from": "local-small", "to": "semantic_cache", "reason": "provider_error"}
 
 
 def test_a_stream_cut_mid_answer_falls_over_with_a_fallback_event(
