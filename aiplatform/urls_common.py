@@ -11,6 +11,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("api/v1/", include("apps.jobs.urls")),
     path("api/v1/", include("apps.billing.urls")),
+    path("api/v1/", include("apps.flags.urls")),
     path("v1/", include("apps.jobs.urls_openai")),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(

@@ -36,6 +36,7 @@ from tests.support import Persona, Personas, Receiver
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = (
+    "flags_flag",
     "answer_cache_semanticentry",
     "ratelimit_userratelimit",
     "billing_ledgerentry",
@@ -54,6 +55,7 @@ PUBLIC_TABLES = (
     "controls_ratelimit",
     "controls_cachepolicy",
     "controls_fallbackpolicy",
+    "flags_flag",
 )
 
 
@@ -204,6 +206,7 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
         for pattern in patterns:
             for key in client.scan_iter(match=pattern, count=1000):
                 client.delete(key)
+        client.incr("aip:flags:version")  # the flags were truncated: every process reloads them
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ SHARED_APPS = [
     "apps.tenants",
     "apps.catalog",
     "apps.controls",
+    "apps.flags",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.admin",
@@ -51,6 +52,7 @@ TENANT_APPS = [
     "apps.billing",
     "apps.ratelimit",
     "apps.cache",
+    "apps.flags",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -171,6 +173,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 *
 # process trusts a tenant's policy (operators' edits apply within it).
 CACHE_DEFAULT_TTL_SECONDS = env_int("CACHE_DEFAULT_TTL_SECONDS", 3600, minimum=1)
 CACHE_POLICY_CACHE_SECONDS = env_int("CACHE_POLICY_CACHE_SECONDS", 5, minimum=0)
+# Feature flags are re-checked against the Redis version this often per process (a
+# save anywhere reaches every process within it).
+FLAG_CACHE_SECONDS = env_float("FLAG_CACHE_SECONDS", 2.0, minimum=0.0)
 # Fallback policies (tier and tenant chains) are trusted this long per process.
 FALLBACK_POLICY_CACHE_SECONDS = env_int("FALLBACK_POLICY_CACHE_SECONDS", 5, minimum=0)
 # Semantic cache: HNSW candidates per lookup (recall vs latency), and how long a

@@ -21,6 +21,7 @@ os.environ.setdefault("KILL_SWITCH_CACHE_SECONDS", "0")
 os.environ.setdefault("RATE_LIMIT_CACHE_SECONDS", "0")
 os.environ.setdefault("CACHE_POLICY_CACHE_SECONDS", "0")
 os.environ.setdefault("FALLBACK_POLICY_CACHE_SECONDS", "0")
+os.environ.setdefault("FLAG_CACHE_SECONDS", "0")
 # A failing provider fails the job at once, and breakers never trip, unless a
 # test asks for retries or breakers (tests of other things inject faults too).
 os.environ.setdefault("LLM_MAX_RETRIES", "0")

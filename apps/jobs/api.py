@@ -49,6 +49,8 @@ def job_representation(
         "object": "job",
         "status": job.status,
         "model": job.model,
+        "requested_model": job.requested_model or job.model,
+        "flags": job.flags,
         "output": job.output,
         "finish_reason": job.finish_reason,
         "usage": usage,
@@ -133,7 +135,9 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     id = serializers.UUIDField()
     object = serializers.CharField(default="job")
     status = serializers.ChoiceField(choices=JobStatus.values)
-    model = serializers.CharField()
+    model = serializers.CharField(help_text="the model the job runs on (a flag may have routed it)")
+    requested_model = serializers.CharField(help_text="the model the request named")
+    flags = serializers.DictField(child=serializers.CharField(), help_text='flags that decided: {key: "on" | "off"}')
     output = serializers.CharField()
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)

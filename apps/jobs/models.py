@@ -23,6 +23,10 @@ class Job(models.Model):
     user = models.ForeignKey("accounts.User", on_delete=models.CASCADE, related_name="jobs")
     api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     model = models.CharField(max_length=64)
+    # A flag may route the request to another model: what was asked, and each flag
+    # that decided ({key: "on" | "off"}), to compare cohorts.
+    requested_model = models.CharField(max_length=64, blank=True)
+    flags = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
 
     # The request as validated: messages and the sampling parameters passed on to the provider.

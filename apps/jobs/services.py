@@ -31,6 +31,8 @@ from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from apps.flags.rollout import Subject
+from apps.flags.selectors import flags_route
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
@@ -115,6 +117,17 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             return Submission(replay, False, None)
 
     spec = _admissible_model(request.model)
+    # Flags may route the request to a rollout model (evaluated before the kill
+    # switch, which then applies to the model actually called).
+    subject = Subject(principal.tenant_schema, principal.user_id, principal.email, principal.tier)
+    routed, flags = flags_route(subject, spec.slug)
+    if routed != spec.slug:
+        rollout = model_get(routed)
+        if rollout is not None and rollout.enabled:
+            spec = rollout
+        else:
+            logger.warning("flag rollout model %r is unavailable; %s keeps %s", routed, flags, spec.slug)
+            flags = {key: "off" for key in flags}
     switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
     input_tokens = _check_size(spec, request)
     webhook_url = request.webhook_url or tenant_connection().tenant.webhook_url
@@ -133,6 +146,8 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
                 user_id=principal.user_id,
                 api_key_id=principal.key_id,
                 model=spec.slug,
+                requested_model=request.model if request.model != spec.slug else "",
+                flags=flags,
                 messages=request.messages,
                 params=request.params,
                 metadata=request.metadata,
@@ -182,6 +197,8 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             user_id=principal.user_id,
             api_key_id=principal.key_id,
             model=spec.slug,
+            requested_model=request.model if request.model != spec.slug else "",
+            flags=flags,
             messages=request.messages,
             params=request.params,
             metadata=request.metadata,

@@ -1,0 +1,118 @@
+"""The flags as the platform evaluates them: platform flags (public schema) and
+the tenant's own (its schema; same key overrides), cached per process for
+FLAG_CACHE_SECONDS and reloaded early when a save bumped the Redis version
+(every web and worker process sees a change within that time)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from apps.core.redis import redis_client
+
+from .models import Flag
+from .rollout import FlagRule, Subject, evaluate
+
+logger = logging.getLogger(__name__)
+
+VERSION_KEY = "aip:flags:version"
+
+
+def _rule(row: Flag, scope: str) -> FlagRule:
+    return FlagRule(
+        key=row.key,
+        enabled=row.enabled,
+        rollout_percent=row.rollout_percent,
+        model=row.model,
+        rollout_model=row.rollout_model,
+        bucket_by=row.bucket_by,
+        allow_users=frozenset(str(e).lower() for e in row.allow_users),
+        deny_users=frozenset(str(e).lower() for e in row.deny_users),
+        allow_tenants=frozenset(map(str, row.allow_tenants)),
+        deny_tenants=frozenset(map(str, row.deny_tenants)),
+        tier=row.tier,
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+        scope=scope,
+    )
+
+
+def _load(schema: str) -> tuple[FlagRule, ...]:
+    # Schema-qualified: the table exists in both schemas, and the search path of a
+    # tenant request would find only the tenant's.
+    platform = {row.key: _rule(row, "platform") for row in Flag.objects.raw("SELECT * FROM public.flags_flag")}
+    own = {row.key: _rule(row, "tenant") for row in Flag.objects.raw(f'SELECT * FROM "{schema}".flags_flag')}
+    return tuple(sorted({**platform, **own}.values(), key=lambda rule: rule.key))
+
+
+@dataclass
+class _Entry:
+    checked: float
+    version: int
+    rules: tuple[FlagRule, ...]
+
+
+_entries: dict[str, _Entry] = {}
+_lock = threading.Lock()
+
+
+def _version() -> int | None:
+    try:
+        return int(redis_client().get(VERSION_KEY) or 0)
+    except redis.RedisError as exc:
+        logger.warning("flag version unavailable, keeping cached flags: %s", exc)
+        return None
+
+
+def flag_rules(schema: str) -> tuple[FlagRule, ...]:
+    now = time.monotonic()
+    entry = _entries.get(schema)
+    if entry is not None and now - entry.checked < settings.FLAG_CACHE_SECONDS:
+        return entry.rules
+    version = _version()
+    if entry is not None and (version is None or version == entry.version):
+        entry.checked = now
+        return entry.rules
+    rules = _load(schema)
+    with _lock:
+        _entries[schema] = _Entry(now, version or 0, rules)
+    return rules
+
+
+def flags_cache_clear() -> None:
+    _entries.clear()
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    rule: FlagRule
+    on: bool
+
+    @property
+    def model(self) -> str:
+        return self.rule.rollout_model if self.on else self.rule.model
+
+
+def flags_evaluate(subject: Subject) -> list[Evaluated]:
+    now = timezone.now()
+    return [Evaluated(rule, evaluate(rule, subject, now)) for rule in flag_rules(subject.tenant_schema)]
+
+
+def flags_route(subject: Subject, model: str) -> tuple[str, dict[str, str]]:
+    """The model a request for `model` goes to, and every flag that decided it
+    ({key: "on" | "off"}); the first flag (by key) that is on wins."""
+    decided: dict[str, str] = {}
+    routed = model
+    for item in flags_evaluate(subject):
+        if item.rule.model != model:
+            continue
+        decided[item.rule.key] = "on" if item.on else "off"
+        if item.on and routed == model:
+            routed = item.rule.rollout_model
+    return routed, decided
