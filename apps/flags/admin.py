@@ -10,7 +10,8 @@ from .models import Flag
 
 
 def _set_rollout(percent: int):  # type: ignore[no-untyped-def]
-    @admin.action(description=f"Set rollout to {percent}% (and enable)" if percent else "Set rollout to 0%")
+    # Django formats descriptions with `%`: a literal percent sign is doubled.
+    @admin.action(description=f"Set rollout to {percent}%% (and enable)" if percent else "Set rollout to 0%%")
     def action(modeladmin: admin.ModelAdmin[Flag], request: HttpRequest, queryset: QuerySet[Flag]) -> None:
         for flag in queryset:  # saved one by one: each save is broadcast to every process
             flag.rollout_percent = Decimal(percent)

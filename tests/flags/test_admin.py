@@ -1,0 +1,42 @@
+"""The flag admin: the operator's list and its rollout action, the change
+visible through the API at once (the action saves each flag: its broadcast)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django_tenants.utils import schema_context
+
+from apps.flags.models import Flag
+from apps.tenants.services import public_tenant_ensure
+from tests.support import Personas
+
+
+def test_the_rollout_action_changes_what_the_api_evaluates(committed_personas: Personas):
+    public_tenant_ensure(domain="testserver")
+    with schema_context("public"):
+        operator = get_user_model().objects.create_superuser("op-flags", "op@x.test", "pw-operator-1")
+    flag = Flag.objects.create(key="to-premium", model="local-small", rollout_model="premium-large")
+    admin = Client()
+    admin.force_login(operator)
+    listing = admin.get("/admin/flags/flag/")
+    assert listing.status_code == 200 and b"to-premium" in listing.content
+    api = committed_personas.alice.client()
+    assert api.get("/api/v1/flags").json()["data"][0]["on"] is False
+
+    done = admin.post("/admin/flags/flag/", {"action": "set_rollout_100", "_selected_action": [flag.pk]}, follow=True)
+    assert done.status_code == 200
+    flag.refresh_from_db()
+    assert flag.enabled and flag.rollout_percent == Decimal("100")
+    assert api.get("/api/v1/flags").json()["data"][0] == {
+        "key": "to-premium",
+        "scope": "platform",
+        "on": True,
+        "model": "local-small",
+        "rollout_model": "premium-large",
+        "routes_to": "premium-large",
+    }
+    with schema_context("public"):
+        get_user_model().objects.filter(username="op-flags").delete()
