@@ -36,6 +36,7 @@ from tests.support import Persona, Personas, Receiver
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = (
+    "flags_flagchange",
     "flags_flag",
     "answer_cache_semanticentry",
     "ratelimit_userratelimit",
@@ -55,6 +56,7 @@ PUBLIC_TABLES = (
     "controls_ratelimit",
     "controls_cachepolicy",
     "controls_fallbackpolicy",
+    "flags_flagchange",
     "flags_flag",
 )
 

@@ -1,26 +1,50 @@
 from decimal import Decimal
+from typing import Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.core.admin_sites import operator_site, tenant_site
 
-from .models import Flag
+from .models import Flag, FlagChange, flag_snapshot
+
+
+def _audit(request: HttpRequest, flag: Flag, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    if old != new:
+        actor = getattr(request.user, "get_username", lambda: "unknown")()
+        kept = flag if new is not None else None  # a deleted flag's history keeps its key
+        FlagChange.objects.create(flag=kept, flag_key=flag.key, actor=actor, old=old, new=new)
 
 
 def _set_rollout(percent: int):  # type: ignore[no-untyped-def]
     # Django formats descriptions with `%`: a literal percent sign is doubled.
     @admin.action(description=f"Set rollout to {percent}%% (and enable)" if percent else "Set rollout to 0%%")
     def action(modeladmin: admin.ModelAdmin[Flag], request: HttpRequest, queryset: QuerySet[Flag]) -> None:
-        for flag in queryset:  # saved one by one: each save is broadcast to every process
-            flag.rollout_percent = Decimal(percent)
-            flag.enabled = flag.enabled or percent > 0
-            flag.save(update_fields=["rollout_percent", "enabled", "updated_at"])
+        for flag in queryset:  # saved one by one: each save is audited and broadcast to every process
+            with transaction.atomic():
+                old = flag_snapshot(flag)
+                flag.rollout_percent = Decimal(percent)
+                flag.enabled = flag.enabled or percent > 0
+                flag.save(update_fields=["rollout_percent", "enabled", "updated_at"])
+                _audit(request, flag, old, flag_snapshot(flag))
         modeladmin.message_user(request, f"{queryset.count()} flag(s) now at {percent}%.", messages.SUCCESS)
 
     action.__name__ = f"set_rollout_{percent}"
     return action
+
+
+class FlagChangeInline(admin.TabularInline[FlagChange, Flag]):
+    model = FlagChange
+    extra = 0
+    can_delete = False
+    fields = ("at", "actor", "old", "new")
+    readonly_fields = fields
+    verbose_name_plural = "history (who changed what)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class FlagAdmin(admin.ModelAdmin[Flag]):
@@ -29,6 +53,18 @@ class FlagAdmin(admin.ModelAdmin[Flag]):
     search_fields = ("key", "description", "model", "rollout_model")
     actions = [_set_rollout(p) for p in (0, 5, 25, 50, 100)]
     readonly_fields = ("updated_at",)
+    inlines = (FlagChangeInline,)
+
+    def save_model(self, request: HttpRequest, obj: Flag, form: Any, change: bool) -> None:
+        old = flag_snapshot(Flag.objects.get(pk=obj.pk)) if change else None
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            _audit(request, obj, old, flag_snapshot(obj))
+
+    def delete_model(self, request: HttpRequest, obj: Flag) -> None:
+        with transaction.atomic():
+            _audit(request, obj, flag_snapshot(obj), None)
+            super().delete_model(request, obj)
 
 
 operator_site.register(Flag, FlagAdmin)

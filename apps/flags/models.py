@@ -45,3 +45,51 @@ class Flag(models.Model):
     def __str__(self) -> str:
         state = f"{self.rollout_percent}%" if self.enabled else "off"
         return f"{self.key} ({self.model} -> {self.rollout_model}: {state})"
+
+
+class FlagChange(models.Model):
+    """One change to a flag, as the admin made it: who, when, and the fields
+    before and after (append-only; shown on the flag's page)."""
+
+    flag = models.ForeignKey(Flag, on_delete=models.SET_NULL, null=True, related_name="changes")
+    flag_key = models.CharField(max_length=64)
+    actor = models.CharField(max_length=150)
+    at = models.DateTimeField(auto_now_add=True)
+    old = models.JSONField(null=True, blank=True, help_text="null: created")
+    new = models.JSONField(null=True, blank=True, help_text="null: deleted")
+
+    class Meta:
+        ordering = ("-at",)
+
+    def __str__(self) -> str:
+        return f"{self.flag_key} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+AUDITED_FIELDS = (
+    "description",
+    "enabled",
+    "rollout_percent",
+    "model",
+    "rollout_model",
+    "bucket_by",
+    "allow_users",
+    "deny_users",
+    "allow_tenants",
+    "deny_tenants",
+    "tier",
+    "starts_at",
+    "ends_at",
+)
+
+
+def flag_snapshot(flag: Flag) -> dict[str, object]:
+    """The audited fields as JSON-ready values."""
+    values: dict[str, object] = {}
+    for name in AUDITED_FIELDS:
+        value = getattr(flag, name)
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif hasattr(value, "isoformat"):
+            value = value.isoformat()
+        values[name] = value
+    return values

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django_tenants.utils import schema_context
 
-from apps.flags.models import Flag
+from apps.flags.models import Flag, FlagChange
 from apps.tenants.services import public_tenant_ensure
 from tests.support import Personas
 
@@ -28,7 +28,8 @@ def test_the_rollout_action_changes_what_the_api_evaluates(committed_personas: P
 
     done = admin.post("/admin/flags/flag/", {"action": "set_rollout_100", "_selected_action": [flag.pk]}, follow=True)
     assert done.status_code == 200
-    flag.refresh_from_db()
+    with schema_context("public"):
+        flag.refresh_from_db()
     assert flag.enabled and flag.rollout_percent == Decimal("100")
     assert api.get("/api/v1/flags").json()["data"][0] == {
         "key": "to-premium",
@@ -38,5 +39,14 @@ def test_the_rollout_action_changes_what_the_api_evaluates(committed_personas: P
         "rollout_model": "premium-large",
         "routes_to": "premium-large",
     }
+    # Audited: who, and the fields before and after; shown on the flag's page.
+    with schema_context("public"):  # the API calls left this thread's connection in acme's schema
+        [change] = FlagChange.objects.filter(flag_id=flag.pk)
+    assert change.actor == "op-flags"
+    assert change.old is not None and change.new is not None
+    assert (change.old["enabled"], change.old["rollout_percent"]) == (False, "0.00")
+    assert (change.new["enabled"], change.new["rollout_percent"]) == (True, "100")
+    page = admin.get(f"/admin/flags/flag/{flag.pk}/change/")
+    assert page.status_code == 200 and b"who changed what" in page.content and b"op-flags" in page.content
     with schema_context("public"):
         get_user_model().objects.filter(username="op-flags").delete()
