@@ -9,9 +9,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from apps.core.redis import redis_client
@@ -116,3 +119,34 @@ def flags_route(subject: Subject, model: str) -> tuple[str, dict[str, str]]:
         if item.on and routed == model:
             routed = item.rule.rollout_model
     return routed, decided
+
+
+def flag_cohorts(*, key: str, since: datetime) -> list[dict[str, Any]]:
+    """The jobs a flag decided since `since`, side by side per variant and model
+    (in the current tenant schema): how many, how they ended, provider latency
+    (p50, p95) and cost, so the cohorts can be compared."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT flags->>%s, model, count(*),"
+            " count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY provider_latency_ms),"
+            " percentile_cont(0.95) WITHIN GROUP (ORDER BY provider_latency_ms),"
+            " coalesce(sum(cost_micros), 0)"
+            " FROM jobs_job WHERE flags ? %s AND created_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
+            [key, key, since],
+        )
+        rows = cursor.fetchall()
+    return [
+        {
+            "variant": variant,
+            "model": model,
+            "jobs": jobs,
+            "succeeded": succeeded,
+            "failed": failed,
+            "error_rate": round(failed / jobs, 4) if jobs else 0.0,
+            "latency_p50_ms": None if p50 is None else round(p50, 1),
+            "latency_p95_ms": None if p95 is None else round(p95, 1),
+            "cost_micros": int(cost),
+        }
+        for variant, model, jobs, succeeded, failed, p50, p95, cost in rows
+    ]

@@ -4,20 +4,23 @@ a change reaching another process through Redis."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 from pathlib import Path
 
 from django.conf import settings
+from django.core.management import call_command
 from django_tenants.utils import tenant_context
 
 from apps.flags.models import Flag
 from apps.flags.rollout import FlagRule, Subject, evaluate
-from tests.support import Personas
+from tests.support import Personas, job_until_final
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -150,3 +153,26 @@ def test_a_change_reaches_another_process_through_redis(committed_db, platform):
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_the_cohorts_are_compared_side_by_side(worker, committed_personas: Personas, upstream):
+    alice, bob = committed_personas.alice, committed_personas.bob  # both acme
+    Flag.objects.create(
+        key="cohorts",
+        enabled=True,
+        model="premium-large",
+        rollout_model="local-small",
+        allow_users=["alice@acme.test"],  # alice on, everyone else at 0%: off
+    )
+    body = {"model": "premium-large", "messages": [{"role": "user", "content": "compare us"}]}
+    for persona in (alice, bob):
+        client = persona.client()
+        job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
+        assert job["status"] == "succeeded"
+    out = StringIO()
+    call_command("flag_report", "cohorts", "--tenant", "acme", "--format", "json", stdout=out)
+    rows = {row["variant"]: row for row in json.loads(out.getvalue())["rows"]}
+    assert rows["on"]["model"] == "local-small" and rows["off"]["model"] == "premium-large"
+    for row in rows.values():
+        assert row["jobs"] == 1 and row["succeeded"] == 1 and row["error_rate"] == 0
+        assert row["latency_p50_ms"] is not None and row["cost_micros"] > 0
