@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django_tenants.utils import schema_context
+from django_tenants.utils import schema_context, tenant_context
 
 from apps.flags.models import Flag, FlagChange
 from apps.tenants.services import public_tenant_ensure
@@ -50,3 +50,23 @@ def test_the_rollout_action_changes_what_the_api_evaluates(committed_personas: P
     assert page.status_code == 200 and b"who changed what" in page.content and b"op-flags" in page.content
     with schema_context("public"):
         get_user_model().objects.filter(username="op-flags").delete()
+
+
+def test_a_tenant_admin_manages_its_own_flags(personas: Personas):
+    tenant = personas.alice.tenant
+    with tenant_context(tenant):
+        admin_user = get_user_model().objects.create_superuser("acme-flags", "a@acme.test", "pw-tenant-1")
+        own = Flag.objects.create(key="acme-only", model="local-small", rollout_model="premium-large")
+    client = Client(HTTP_HOST="acme.testserver")
+    with tenant_context(tenant):  # logins and sessions live in the tenant's schema
+        client.force_login(admin_user)
+    listing = client.get("/admin/flags/flag/")
+    assert listing.status_code == 200 and b"acme-only" in listing.content
+    done = client.post("/admin/flags/flag/", {"action": "set_rollout_25", "_selected_action": [own.pk]}, follow=True)
+    assert done.status_code == 200
+    with tenant_context(tenant):
+        own.refresh_from_db()
+        assert own.enabled and own.rollout_percent == Decimal("25")
+        assert FlagChange.objects.get(flag=own).actor == "acme-flags"
+    with schema_context("public"):
+        assert not Flag.objects.filter(key="acme-only").exists()  # in acme's schema only
