@@ -4,11 +4,9 @@
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from aiplatform.metrics import metrics
 from apps.core.views import not_found
 
 urlpatterns = [
-    path("metrics", metrics, name="metrics"),
     path("api/v1/", include("apps.jobs.urls")),
     path("api/v1/", include("apps.billing.urls")),
     path("api/v1/", include("apps.flags.urls")),

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from aiplatform.metrics import metrics
 from apps.core.admin_sites import operator_site
 
 from .urls_common import urlpatterns as common
@@ -7,4 +8,5 @@ from .urls_common import urlpatterns as common
 handler404 = "apps.core.views.not_found"
 handler500 = "apps.core.views.server_error"
 
-urlpatterns = [path("admin/", operator_site.urls), *common]
+# /metrics on the operator's host only (never on a tenant's): it names every tenant.
+urlpatterns = [path("admin/", operator_site.urls), path("metrics", metrics, name="metrics"), *common]

@@ -9,7 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
-from apps.jobs.services import job_execute, job_fail, jobs_requeue_stale
+from apps.jobs.services import job_execute, job_fail_unexpectedly, jobs_requeue_stale
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,11 @@ def job_run(*, job_id: str, model: str) -> None:
     try:
         job_execute(job_id=pk)
     except SoftTimeLimitExceeded:
-        job_fail(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
+        job_fail_unexpectedly(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
     except Exception:
-        job_fail(job_id=pk, error_type="internal_error", message="The worker failed while running this job.")
+        job_fail_unexpectedly(
+            job_id=pk, error_type="internal_error", message="The worker failed while running this job."
+        )
         raise
 
 

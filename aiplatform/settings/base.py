@@ -216,7 +216,9 @@ LLM_REQUEST_TIMEOUT_SECONDS = env_int("LLM_REQUEST_TIMEOUT_SECONDS", 120, minimu
 LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2, minimum=0)
 LLM_RETRY_BASE_SECONDS = env_float("LLM_RETRY_BASE_SECONDS", 0.5, minimum=0.0)
 LLM_RETRY_MAX_SECONDS = env_float("LLM_RETRY_MAX_SECONDS", 8.0, minimum=0.0)
-JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", LLM_REQUEST_TIMEOUT_SECONDS, minimum=1)
+# Three calls' worth by default: a call that hangs until its timeout still leaves
+# time for a retry or the next model in the chain.
+JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", 3 * LLM_REQUEST_TIMEOUT_SECONDS, minimum=1)
 # Circuit breakers per model (apps/llm/breaker.py), shared through Redis.
 BREAKER_FAILURES = env_int("BREAKER_FAILURES", 5, minimum=1)
 BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.5, minimum=0.0)

@@ -66,6 +66,10 @@ class FlagAdmin(admin.ModelAdmin[Flag]):
             _audit(request, obj, flag_snapshot(obj), None)
             super().delete_model(request, obj)
 
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Flag]) -> None:
+        for flag in queryset:  # the bulk "delete selected" action: audited one by one
+            self.delete_model(request, flag)
+
 
 operator_site.register(Flag, FlagAdmin)
 tenant_site.register(Flag, FlagAdmin)

@@ -59,6 +59,7 @@ class _Entry:
     checked: float
     version: int
     rules: tuple[FlagRule, ...]
+    loaded: float = 0.0
 
 
 _entries: dict[str, _Entry] = {}
@@ -73,18 +74,24 @@ def _version() -> int | None:
         return None
 
 
+# Reloaded at least this often whatever the version says: a change whose version
+# bump was lost (Redis unreachable at that moment) still arrives.
+MAX_AGE_SECONDS = 60.0
+
+
 def flag_rules(schema: str) -> tuple[FlagRule, ...]:
     now = time.monotonic()
     entry = _entries.get(schema)
     if entry is not None and now - entry.checked < settings.FLAG_CACHE_SECONDS:
         return entry.rules
     version = _version()
-    if entry is not None and (version is None or version == entry.version):
+    fresh = entry is not None and now - entry.loaded < MAX_AGE_SECONDS
+    if entry is not None and fresh and (version is None or version == entry.version):
         entry.checked = now
         return entry.rules
     rules = _load(schema)
     with _lock:
-        _entries[schema] = _Entry(now, version or 0, rules)
+        _entries[schema] = _Entry(now, version or 0, rules, now)
     return rules
 
 
@@ -109,14 +116,16 @@ def flags_evaluate(subject: Subject) -> list[Evaluated]:
 
 def flags_route(subject: Subject, model: str) -> tuple[str, dict[str, str]]:
     """The model a request for `model` goes to, and every flag that decided it
-    ({key: "on" | "off"}); the first flag (by key) that is on wins."""
+    ({key: "on" | "off"}); the first flag (by key) that is on wins, and a later
+    one that was on too is recorded "off": the job is not in its cohort."""
     decided: dict[str, str] = {}
     routed = model
     for item in flags_evaluate(subject):
         if item.rule.model != model:
             continue
-        decided[item.rule.key] = "on" if item.on else "off"
-        if item.on and routed == model:
+        wins = item.on and routed == model
+        decided[item.rule.key] = "on" if wins else "off"
+        if wins:
             routed = item.rule.rollout_model
     return routed, decided
 

@@ -24,7 +24,7 @@ def _bump() -> None:
     try:
         redis_client().incr(VERSION_KEY)
     except redis.RedisError as exc:
-        logger.warning("flag change not broadcast (other processes see it after their cache time): %s", exc)
+        logger.warning("flag change not broadcast (other processes reload within a minute): %s", exc)
 
 
 @receiver(post_save, sender=Flag)

@@ -296,7 +296,8 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
         _publish_cached(job=job, spec=spec, listeners=False)
         return
     plan = CachePlan.from_json(job.cache)
-    if plan is not None and plan.key and plan.write:
+    # `refresh` asks for a new answer: it leads its own call, never follows another.
+    if plan is not None and plan.key and plan.mode is CacheMode.USE:
         leader = flight_join(schema=schema, key=plan.key, job_id=job.pk)
         if leader is not None:
             logger.info("job %s follows job %s (identical request in flight)", job.pk, leader)
@@ -418,6 +419,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
         from aiplatform.celery import app
 
         app.control.revoke(str(job.pk))
+        job_flight_abandon(job=job)
     job.refresh_from_db()
     return job
 
@@ -469,8 +471,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             _job_answer_from_cache(
                 job=job, spec=spec, answer=answer, status=JobStatus.RUNNING, kind=kind, similarity=similarity
             )
-            if plan.key:
-                _flight_land(job=job, spec=spec, plan=plan, answer=answer)
+            if plan.key:  # followers asked for the exact answer, not a paraphrase's
+                _flight_land(job=job, plan=plan, answer=answer if kind == "exact" else None, spec=spec)
             return
     relay = EventRelay(job_id=job.pk)
     release_connection()  # the provider calls may take minutes; the pool should not wait
@@ -487,8 +489,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             webhook_url=job.webhook_url,
             attempt_log=job.attempt_log,
         )
-        if spec is not None and plan is not None and plan.key:
-            _flight_land(job=job, spec=spec, plan=plan, answer=None)
+        if plan is not None and plan.key:
+            _flight_land(job=job, plan=plan, answer=None)
         return
     if isinstance(outcome, _LastResort):  # every model failed; the semantic cache answered
         relay.flush()
@@ -501,8 +503,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             kind="semantic",
             similarity=outcome.similarity,
         )
-        if spec is not None and plan is not None and plan.key:
-            _flight_land(job=job, spec=spec, plan=plan, answer=None)
+        if plan is not None and plan.key:
+            _flight_land(job=job, plan=plan, answer=None)
         return
     answered, step, result = outcome
     cost = call_cost(answered, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
@@ -557,9 +559,9 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         if plan.semantic:
             _semantic_write(job=job, lookup=lookup, answer=answer)
         if plan.key:
-            _flight_land(job=job, spec=answered, plan=plan, answer=answer)
+            _flight_land(job=job, plan=plan, answer=answer, spec=answered)
     elif plan is not None and plan.key:
-        _flight_land(job=job, spec=spec or answered, plan=plan, answer=None)
+        _flight_land(job=job, plan=plan, answer=None)
     budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
     _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
     budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
@@ -589,19 +591,24 @@ def _run_chain(
     deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
     failure: ProviderError | None = None
     previous = ""
+    plan = CachePlan.from_json(job.cache)
     for step, name in enumerate([job.model, *job.fallbacks]):
-        if step and timezone.now() >= deadline:
-            break
-        if name == SEMANTIC_CACHE:
+        if name == SEMANTIC_CACHE:  # a local lookup: worth it even past the deadline
+            if plan is not None and plan.mode in (CacheMode.BYPASS, CacheMode.REFRESH):
+                continue  # the request asked for no cached answer
             if failure is not None:
                 relay.event({"type": "fallback", "from": previous, "to": name, "reason": failure.error_type})
             found = _semantic_last_resort(job=job, spec=spec, tier=step + 1)
             if found is not None:
                 return found
             continue
+        if step and timezone.now() >= deadline:
+            continue  # no model call starts after the deadline (a later semantic step still may)
         step_spec = model_get(name)
-        if step_spec is None or not step_spec.enabled:
-            failure = ProviderError("model_unavailable", f"Model {name!r} is disabled or no longer in the catalog.")
+        switch = switch_blocking(tenant_schema=current_schema(), user_id=job.user_id, model=name) if step else None
+        if step_spec is None or not step_spec.enabled or switch is not None:
+            why = f"switched off: {switch.reason}" if switch is not None else "disabled or no longer in the catalog"
+            failure = ProviderError("model_unavailable", f"Model {name!r} is {why}.")
             job.attempt_log.append(_attempt(name, timezone.now(), "skipped", 0, failure))
             previous = name
             continue
@@ -824,19 +831,38 @@ def _job_answer_from_cache(
     return True
 
 
-def _flight_land(*, job: Job, spec: ModelSpec, plan: CachePlan, answer: CachedAnswer | None) -> None:
-    """End the single flight this job led: its followers get its answer, or, when
-    it has none (it failed), are enqueued to run on their own."""
+def _flight_land(*, job: Job, plan: CachePlan, answer: CachedAnswer | None, spec: ModelSpec | None = None) -> None:
+    """End the single flight this job led: its followers get its answer (the
+    requested model's own, or an exact cache entry: what they asked for), or,
+    when it has none (it failed, was cancelled, answered otherwise), are enqueued
+    to run on their own."""
     followers = flight_land(schema=current_schema(), key=plan.key, job_id=job.pk)
     for follower_id in followers:
         follower = Job.objects.select_related("user").filter(pk=follower_id).first()
         if follower is None:
             continue
-        if answer is None:
+        if answer is None or spec is None:
             job_enqueue(job_id=follower.pk, model=follower.model)
         elif _job_answer_from_cache(job=follower, spec=spec, answer=answer, status=JobStatus.QUEUED):
             cache_count(schema=current_schema(), field="flight_follower")
             logger.info("job %s answered by job %s (single flight)", follower.pk, job.pk)
+
+
+def job_fail_unexpectedly(*, job_id: uuid.UUID, error_type: str, message: str) -> None:
+    """The task's last resort (a time limit, a bug): fail the job and release the
+    identical requests that waited for it."""
+    job_fail(job_id=job_id, error_type=error_type, message=message)
+    job = Job.objects.filter(pk=job_id).first()
+    if job is not None:
+        job_flight_abandon(job=job)
+
+
+def job_flight_abandon(*, job: Job) -> None:
+    """A job that ends without an answer of its own (cancelled, switched off,
+    failed by its task) releases the identical requests that waited for it."""
+    plan = CachePlan.from_json(job.cache)
+    if plan is not None and plan.key:
+        _flight_land(job=job, plan=plan, answer=None)
 
 
 def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
@@ -855,6 +881,7 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
         logger.info("job %s cancelled in the worker: AI is switched off for %s", job.pk, what)
         job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
+    job_flight_abandon(job=job)
 
 
 def _job_succeed(

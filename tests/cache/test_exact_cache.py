@@ -193,3 +193,15 @@ def test_v1_clients_pass_the_cache_option_in_the_body(platform_server, worker, c
     else:
         raise AssertionError("cache.mode only must not call a model")
     assert _calls(upstream) == 1
+
+
+def test_cancelling_a_queued_leader_releases_its_followers(committed_personas: Personas):
+    client = committed_personas.alice.client()
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("llm.routing-probe")
+    body = {**DETERMINISTIC, "model": "routing-probe"}  # no worker serves it: the jobs stay queued
+    ids = [client.post("/api/v1/jobs", body, format="json").json()["id"] for _ in range(3)]
+    assert broker.llen("llm.routing-probe") == 1  # the leader only; two followers wait for it
+    assert client.post(f"/api/v1/jobs/{ids[0]}/cancel").status_code == 200
+    assert broker.llen("llm.routing-probe") == 3  # the followers now run on their own
+    broker.delete("llm.routing-probe")

@@ -122,3 +122,20 @@ def test_requests_name_fallbacks_only_within_the_policy(committed_personas: Pers
     assert refused.json()["error"]["param"] == "fallbacks"
     accepted = client.post("/api/v1/jobs", {**ASK, "fallbacks": []}, format="json")
     assert accepted.status_code == 202 and accepted.json()["fallbacks"] == []
+
+
+def test_a_switched_off_fallback_model_is_skipped(worker, committed_personas: Personas, upstream):
+    from apps.controls.models import SwitchLevel
+    from apps.controls.switches import switch_set
+
+    _premium_chain()
+    switch_set(level=SwitchLevel.MODEL, active=True, actor="test", reason="incident", model="local-small")
+    upstream.add_faults({"model": "premium-large", "status": 500, "message": "premium is down"})
+    job = _run(committed_personas.carol.client(), ASK)
+    assert job["status"] == "failed"
+    assert [(a["model"], a["outcome"]) for a in job["attempts"]] == [
+        ("premium-large", "failed"),
+        ("local-small", "skipped"),
+    ]
+    assert "switched off" in job["attempts"][1]["message"]
+    assert int(upstream.stats()["chat_per_model"].get("local-small", 0)) == 0

@@ -30,6 +30,10 @@ def test_metrics_show_breakers_and_cache_counters(worker, committed_personas: Pe
     assert 'aip_cache_events_total{kind="exact",outcome="miss",tenant="acme"} 2.0' in text
 
 
+def test_metrics_are_not_served_on_a_tenants_host(committed_personas: Personas):
+    assert Client(HTTP_HOST="acme.testserver").get("/metrics").status_code == 404
+
+
 def test_metrics_can_require_a_token(committed_db, settings):
     settings.METRICS_TOKEN = "scrape-secret"
     assert Client().get("/metrics").status_code == 401
