@@ -46,8 +46,8 @@ class Job(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
 
-    # Caching: the plan made at submission (apps.cache.policy.CachePlan, plus the
-    # single-flight leader it followed, if any), and what served the answer.
+    # Caching: the plan made at submission (apps.cache.policy.CachePlan), and what
+    # served the answer.
     cache = models.JSONField(default=dict, blank=True)
     cached = models.CharField(
         max_length=16, blank=True, choices=[("exact", "Exact match"), ("semantic", "Semantic match")]

@@ -542,7 +542,10 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
-    # Then the cache and the identical requests that waited for this answer (only
+    # Its own accounting next (nothing below may leave it unsettled)...
+    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
+    _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
+    # ...then the cache and the identical requests that waited for this answer (only
     # the requested model's answers are cached: a fallback's is not what was asked).
     if succeeded and plan is not None and plan.write and step == 0:
         answer = CachedAnswer(
@@ -562,8 +565,6 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             _flight_land(job=job, plan=plan, answer=answer, spec=answered)
     elif plan is not None and plan.key:
         _flight_land(job=job, plan=plan, answer=None)
-    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
-    _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
     budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
 
 
@@ -824,6 +825,9 @@ def _job_answer_from_cache(
         lease_expires_at=None, **{name: getattr(job, name) for name in _ANSWER_FIELDS}
     )
     if not updated:
+        if status == JobStatus.RUNNING:  # cancelled while it ran: nobody else settles it
+            budget_release(schema=current_schema(), job_id=job.pk)
+            _reconcile_rate_limits(job=job, spec=spec, used=None)
         return False
     budget_release(schema=current_schema(), job_id=job.pk)
     _reconcile_rate_limits(job=job, spec=spec, used=None)

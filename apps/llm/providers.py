@@ -55,7 +55,7 @@ class ProviderError(Exception):
 
     @property
     def provider_trouble(self) -> bool:
-        """The provider is failing or overloaded (5xx, 429, 408, timeout, no
+        """The provider is failing or overloaded (5xx, 429, 408, 409, timeout, no
         connection, a broken stream): worth a retry, and counted by its breaker.
         A 4xx other than those means the request itself is wrong: no retry."""
         if self.error_type in ("provider_timeout", "provider_unreachable", "provider_stream_broken"):
