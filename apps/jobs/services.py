@@ -138,26 +138,27 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     plan = cache_plan(
         tenant_schema=schema, model=spec.slug, messages=request.messages, params=request.params, option=request.cache
     )
+    # What every job of this request holds, answered from cache or not.
+    common: dict[str, Any] = {
+        "user_id": principal.user_id,
+        "api_key_id": principal.key_id,
+        "model": spec.slug,
+        "requested_model": request.model if request.model != spec.slug else "",
+        "flags": flags,
+        "messages": request.messages,
+        "params": request.params,
+        "metadata": request.metadata,
+        "stream": request.stream,
+        "input_tokens_estimate": input_tokens,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": fingerprint,
+        "webhook_url": webhook_url,
+    }
     if plan.lookup and plan.key:
         answer = exact_get(schema=schema, key=plan.key)
         if answer is not None:
             # Answered now: no rate limit, no budget, no worker.
-            cached = Job(
-                user_id=principal.user_id,
-                api_key_id=principal.key_id,
-                model=spec.slug,
-                requested_model=request.model if request.model != spec.slug else "",
-                flags=flags,
-                messages=request.messages,
-                params=request.params,
-                metadata=request.metadata,
-                stream=request.stream,
-                input_tokens_estimate=input_tokens,
-                idempotency_key=idempotency_key or None,
-                request_hash=fingerprint,
-                webhook_url=webhook_url,
-                cache=plan.as_json(),
-            )
+            cached = Job(**common, cache=plan.as_json())
             _answer_from_cache(cached, answer)
             job, created = _store(
                 cached, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec
@@ -192,23 +193,11 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         raise
     try:
         job = Job(
+            **common,
             id=job_id,
             reserved_micros=worst_case if held else 0,
-            user_id=principal.user_id,
-            api_key_id=principal.key_id,
-            model=spec.slug,
-            requested_model=request.model if request.model != spec.slug else "",
-            flags=flags,
-            messages=request.messages,
-            params=request.params,
-            metadata=request.metadata,
-            stream=request.stream,
-            input_tokens_estimate=input_tokens,
             ratelimit_tokens=taken,
-            idempotency_key=idempotency_key or None,
-            request_hash=fingerprint,
             enqueued_at=timezone.now(),
-            webhook_url=webhook_url,
             cache=plan.as_json() if plan.key or plan.semantic else {},
             fallbacks=fallbacks,
         )
