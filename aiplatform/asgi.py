@@ -33,6 +33,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.urls import Resolver404, resolve, set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
+
+from apps.observability.tracing import tracing_init
+
+tracing_init(service="aiplatform-web")  # before Django: nothing else is traced yet
 django.setup(set_prefix=False)
 
 from django.conf import settings  # noqa: E402
@@ -41,6 +45,8 @@ from apps.core.errors import error_body  # noqa: E402
 from apps.core.threads import web_executor  # noqa: E402
 from apps.core.views import not_found, server_error  # noqa: E402
 from apps.llm.tokens import warm_up  # noqa: E402
+from apps.observability import context  # noqa: E402
+from apps.observability.tracing import name_server_span, traced_asgi  # noqa: E402
 from apps.tenants.middleware import API_PATH_PREFIXES  # noqa: E402
 
 Scope = dict[str, Any]
@@ -76,6 +82,8 @@ class ApiHandler(ASGIHandler):
         if request is not None:
             assert isinstance(request, ASGIRequest)
             response = self.get_response(request)
+            match = request.resolver_match
+            name_server_span(request.method or "", match.route if match is not None else None)
         assert response is not None
         if response.streaming:
             # API views do not stream; if one ever does, buffer it here, in the thread
@@ -122,6 +130,7 @@ class StreamHandler(ASGIHandler):
             match = resolve(request.path_info, urlconf=settings.ROOT_URLCONF)
         except Resolver404:
             return not_found(request)
+        name_server_span(request.method or "", match.route)
         try:
             response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
         except RequestDataTooBig:
@@ -174,6 +183,24 @@ def _is_stream(scope: Scope) -> bool:
     return bool(scope["path"].endswith("/events") or scope["path"] in ASYNC_PATHS)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin1"))
+    return None
+
+
+def _with_request_id(send: Any, request_id: bytes) -> Any:
+    """`send` that adds X-Request-ID to the response: clients quote it, logs carry it."""
+
+    async def sender(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
+        await send(message)
+
+    return sender
+
+
 class Router:
     def __init__(self) -> None:
         self.api = ApiHandler()
@@ -184,7 +211,14 @@ class Router:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES):
+            return
+        if scope["type"] == "http":
+            # Each request is its own asyncio task: what is bound here is this request's
+            # (and is copied into the thread that runs its view).
+            request_id = context.request_id_from(_header(scope, b"x-request-id"))
+            context.start(request_id=request_id)
+            send = _with_request_id(send, request_id.encode("ascii"))
+        if scope["type"] == "http" and scope["path"].startswith(API_PATH_PREFIXES):
             await (self.streams if _is_stream(scope) else self.api)(scope, receive, send)
         else:
             await self.django(scope, receive, send)
@@ -200,4 +234,6 @@ class Router:
                 return
 
 
-application = Router()
+# With tracing on, OpenTelemetry's ASGI middleware opens each request's SERVER span
+# (continuing the caller's `traceparent`) around the router.
+application = traced_asgi(Router())

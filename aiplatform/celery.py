@@ -7,6 +7,7 @@ from celery.signals import worker_ready
 from tenant_schemas_celery.app import CeleryApp
 
 from aiplatform.broker import install as install_broker_transport
+from apps.observability import celery as _observability  # noqa: F401  (connects its signal handlers)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiplatform.settings.dev")
 

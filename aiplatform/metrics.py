@@ -1,7 +1,11 @@
-"""`GET /metrics`: Prometheus metrics whose truth is already shared in Redis, so
-any one web process answers for the whole platform (no per-process counters to
-merge): each model's circuit breaker, and each tenant's cache hits, misses,
-single-flight followers and semantic lookup time.
+"""`GET /metrics` on the operator's host: two kinds of series.
+
+- The web processes' own (apps/observability/metrics.py): admissions, rejections,
+  cache lookups at submission; with PROMETHEUS_MULTIPROC_DIR, every process of
+  the group merged. Workers serve theirs on WORKER_METRICS_PORT.
+- What is already shared in Redis, so any one web process answers for the whole
+  platform: each model's circuit breaker, each Celery queue's depth, and each
+  tenant's cache hits, misses, single-flight followers and semantic lookup time.
 
 Set METRICS_TOKEN to require `Authorization: Bearer <token>` (scrape configs
 support it); unset, the endpoint is open (keep it on an internal network).
@@ -9,6 +13,7 @@ support it); unset, the endpoint is open (keep it on an internal network).
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Iterator
 
@@ -23,7 +28,21 @@ from prometheus_client.registry import Collector
 from apps.cache.stats import FIELDS, cache_totals
 from apps.catalog.selectors import catalog_snapshot
 from apps.llm.breaker import breaker_state
+from apps.observability.metrics import registry as process_registry
 from apps.tenants.models import Tenant
+from tasks.queues import CeleryQueue, llm_queue
+
+# kombu's Redis transport keeps a queue's messages of priority p > 0 in `<queue>\x06\x16<p>`.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+@functools.lru_cache(maxsize=1)
+def _broker() -> redis.Redis | None:
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None  # another broker: its own exporter reports its queues
+    return redis.Redis.from_url(url, socket_timeout=2)
+
 
 BREAKER_STATES = {"closed": 0, "open": 1, "half-open": 2}
 
@@ -36,12 +55,29 @@ class SharedStateCollector(Collector):
         failures = GaugeMetricFamily(
             "aip_circuit_breaker_failures", "Failures counted in the breaker's current window.", labels=["model"]
         )
-        for slug in sorted(catalog_snapshot()):
+        slugs = sorted(catalog_snapshot())
+        for slug in slugs:
             current = breaker_state(slug)
             state.add_metric([slug], BREAKER_STATES[current.state])
             failures.add_metric([slug], current.failures)
         yield state
         yield failures
+
+        broker = _broker()
+        if broker is not None:
+            depth = GaugeMetricFamily(
+                "aip_queue_depth", "Messages waiting in each Celery queue (not yet taken).", labels=["queue"]
+            )
+            queues = [CeleryQueue.DEFAULT.value, *(llm_queue(slug) for slug in slugs)]
+            pipe = broker.pipeline(transaction=False)
+            for name in queues:
+                for suffix in _PRIORITY_SUFFIXES:
+                    pipe.llen(name + suffix)
+            lengths = pipe.execute()
+            step = len(_PRIORITY_SUFFIXES)
+            for index, name in enumerate(queues):
+                depth.add_metric([name], sum(lengths[index * step : (index + 1) * step]))
+            yield depth
 
         events = CounterMetricFamily(
             "aip_cache_events", "Cache lookups by tenant, kind and outcome.", labels=["tenant", "kind", "outcome"]
@@ -69,7 +105,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SharedStateCollector())
     try:
-        body = generate_latest(registry)
+        shared = generate_latest(registry)
     except redis.RedisError as exc:
         return HttpResponse(f"redis unavailable: {exc}\n", status=503, content_type="text/plain")
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(process_registry()) + shared, content_type=CONTENT_TYPE_LATEST)

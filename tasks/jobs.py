@@ -10,6 +10,8 @@ from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
 from apps.jobs.services import job_execute, job_fail_unexpectedly, jobs_requeue_stale
+from apps.observability.context import annotate_span
+from apps.observability.metrics import jobs_in_flight
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,10 @@ def job_run(*, job_id: str, model: str) -> None:
     handled by the job's own claim. Anything unexpected fails the job (so it does
     not sit in `running` until its lease runs out) and is re-raised for Sentry."""
     pk = uuid.UUID(job_id)
+    annotate_span()  # the task's span (started by the instrumentation) names the tenant and job
     try:
-        job_execute(job_id=pk)
+        with jobs_in_flight(model).track_inprogress():
+            job_execute(job_id=pk)
     except SoftTimeLimitExceeded:
         job_fail_unexpectedly(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
     except Exception:

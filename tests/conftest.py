@@ -20,12 +20,14 @@ from django.conf import settings
 from django.db import OperationalError
 from django.db import connection as _connection
 from django_tenants.utils import tenant_context
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from apps.accounts.models import Tier
 from apps.accounts.selectors import principal_cache_clear
 from apps.accounts.services import api_key_create, user_get_or_create
 from apps.catalog.models import LLMModel
 from apps.catalog.selectors import catalog_cache_clear
+from apps.observability.tracing import tracing_init
 from apps.tenants.db import tenant_connection
 from apps.tenants.models import Tenant
 from apps.tenants.selectors import tenant_route_cache_clear
@@ -33,6 +35,11 @@ from apps.tenants.services import tenant_create
 from devtools.serve import ThreadedUvicorn
 from devtools.upstream import UpstreamServer
 from tests.support import Persona, Personas, Receiver
+
+# Tracing is on for the whole suite, so every test runs the instrumented paths; spans
+# go to memory (exported as each ends), where tests/observability reads them.
+SPANS = InMemorySpanExporter()
+tracing_init(service="aiplatform-test", exporter=SPANS, batch=False)
 
 TEST_MODELS = ("local-small", "premium-large", "routing-probe", "pool-probe")
 TENANT_TABLES = (
@@ -112,6 +119,7 @@ def upstream() -> Iterator[UpstreamServer]:
 
 @pytest.fixture(autouse=True)
 def _fresh_upstream_and_caches(request: pytest.FixtureRequest) -> Iterator[None]:
+    SPANS.clear()
     catalog_cache_clear()
     principal_cache_clear()
     tenant_route_cache_clear()

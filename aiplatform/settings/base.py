@@ -6,8 +6,10 @@ from pathlib import Path
 
 import django_stubs_ext
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
-from aiplatform.sentry import init_sentry
+from apps.observability.logs import logging_config
+from apps.observability.sentry import init_sentry
 
 from .env import database_from_url, env_bool, env_float, env_int, env_list, env_str, env_url
 
@@ -321,22 +323,13 @@ SENTRY_DSN = env_str("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development")
 init_sentry(dsn=SENTRY_DSN, environment=SENTRY_ENVIRONMENT)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        # Django's default config adds its own console handler in DEBUG: one line is enough.
-        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "django.db.backends": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
-        "httpx2": {"level": "WARNING"},
-    },
-}
+# One line per record, with request_id, job_id, tenant, user and model from the
+# bound context (apps/observability/logs.py): JSON in production, a readable line
+# in development (settings.dev sets LOG_FORMAT=console).
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+if LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}.")
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aiplatform@localhost")

@@ -5,6 +5,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from apps.observability.context import bind
 from apps.tenants.db import current_schema
 
 from .keys import parse_bearer
@@ -29,6 +30,8 @@ def principal_from_header(header: str) -> Principal | None:
     principal = principal_for_key(parsed)
     if principal is None:
         raise InvalidKey("Invalid API key.")
+    # Every log line, span and error report of this request names its tenant and user.
+    bind(tenant=principal.tenant_schema, user=principal.user_id)
     return principal
 
 

@@ -44,6 +44,7 @@ from apps.controls.models import Period, TenantBudget, TierBudget
 from apps.core.errors import ApiError
 from apps.core.redis import redis_client
 from apps.core.ttlcache import TTLCache
+from apps.observability import metrics
 
 from .models import LedgerEntry, LedgerKind, UserBudget
 from .money import format_usd, micros_from_usd
@@ -217,6 +218,7 @@ def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: in
             amount=amount_micros,
         )
         _hard_limit_reached(principal, budgets[index], windows[index], spent=int(result[2]), refused=refused)
+        metrics.record_budget_rejection(budgets[index].scope, budgets[index].period, schema)
         raise refused
     raise RuntimeError("budget counters kept disappearing while reserving")  # pragma: no cover
 

@@ -38,6 +38,8 @@ from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body,
 from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
 from apps.llm.tokens import count_text_tokens
+from apps.observability import metrics
+from apps.observability.genai import provider_call
 from apps.ratelimit.buckets import Bucket
 from apps.ratelimit.limits import (
     buckets_for,
@@ -370,6 +372,7 @@ def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) ->
         tokens = int(usage.get("prompt_tokens") or call.input_tokens)
         ratelimit_reconcile(call.buckets, estimated=call.input_tokens, used=tokens)
         cost = call_cost(call.spec, input_tokens=tokens, output_tokens=0)
+        metrics.record_cost(schema, call.spec.slug, cost)
         ledger_record(
             kind=LedgerKind.CHARGE,
             user_id=call.principal.user_id,
@@ -424,8 +427,17 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
         if exc.code == "budget_exceeded":
             exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
         return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+    fields = {"tenant": call.principal.tenant_schema, "user": call.principal.user_id}
     try:
-        result = await embeddings_create(call.spec, body=call.body)
+        with provider_call(call.spec, operation="embeddings", params=call.body, job=fields) as traced:
+            result = await embeddings_create(call.spec, body=call.body)
+            usage = result.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens") or call.input_tokens)
+            traced.succeeded(
+                input_tokens=tokens,
+                response_model=call.spec.provider_model_name,
+                cost_micros=call_cost(call.spec, input_tokens=tokens, output_tokens=0),
+            )
     except ProviderError as exc:
         await in_thread(_embeddings_settle, call, None)
         status, error_type = _provider_failure_status(provider_status=exc.status, error_type=exc.error_type)

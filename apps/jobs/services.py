@@ -36,6 +36,9 @@ from apps.flags.selectors import flags_route
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
+from apps.observability import metrics
+from apps.observability.context import bind
+from apps.observability.genai import provider_call
 from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, ratelimit_reconcile, ratelimit_refund
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
@@ -156,6 +159,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     }
     if plan.lookup and plan.key:
         answer = exact_get(schema=schema, key=plan.key)
+        metrics.record_cache_request("exact", hit=answer is not None)
         if answer is not None:
             # Answered now: no rate limit, no budget, no worker.
             cached = Job(**common, cache=plan.as_json())
@@ -163,6 +167,10 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             job, created = _store(
                 cached, principal=principal, idempotency_key=idempotency_key, fingerprint=fingerprint, spec=spec
             )
+            bind(job_id=job.pk, model=spec.slug)
+            if created:
+                metrics.record_job_status(JobStatus.SUCCEEDED)
+                logger.info("job %s answered from the exact cache at submission", job.pk, extra={"cache": "exact"})
             return Submission(job, created, None)
         if plan.mode is CacheMode.ONLY:
             raise CacheMiss(
@@ -191,6 +199,7 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         if taken:
             ratelimit_refund(buckets, tokens=taken)
         raise
+    bind(job_id=job_id, model=spec.slug)
     try:
         job = Job(
             **common,
@@ -209,12 +218,14 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             ratelimit_refund(buckets, tokens=taken)
         raise
     job, created = stored
+    bind(job_id=job.pk, model=spec.slug)
     if not created:  # an idempotent replay (a concurrent twin won): this request made no job
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
         if taken:
             ratelimit_refund(buckets, tokens=taken)
         return Submission(job, False, None)
+    metrics.record_job_status(JobStatus.QUEUED)
     return Submission(job, True, limits)
 
 
@@ -291,6 +302,7 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
         if leader is not None:
             logger.info("job %s follows job %s (identical request in flight)", job.pk, leader)
             return
+    logger.info("job %s queued for %s", job.pk, job.model)
     job_enqueue(job_id=job.pk, model=job.model)
 
 
@@ -394,6 +406,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     if not cancelled:
         job.refresh_from_db(fields=["status"])
         raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
+    metrics.record_job_status(JobStatus.CANCELLED)
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
     webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     if job.status == JobStatus.QUEUED:
@@ -446,6 +459,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     if job is None:
         logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return
+    bind(job_id=job.pk, model=job.model, user=job.user_id, tenant=current_schema())
+    logger.info("job %s started (attempt %d)", job.pk, job.attempts)
     switch = switch_blocking(tenant_schema=current_schema(), user_id=job.user_id, model=job.model)
     if switch is not None:
         # Queued before the switch flipped: cancelled, never run.
@@ -457,6 +472,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     if spec is not None and plan is not None and plan.lookup:
         answer, kind, similarity, lookup = _cache_lookup(job=job, plan=plan)
         if answer is not None:
+            bind(cache=kind)
             _job_answer_from_cache(
                 job=job, spec=spec, answer=answer, status=JobStatus.RUNNING, kind=kind, similarity=similarity
             )
@@ -497,6 +513,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         return
     answered, step, result = outcome
     cost = call_cost(answered, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    metrics.record_cost(current_schema(), answered.slug, cost)
     with transaction.atomic():
         succeeded = _job_succeed(
             job_id=job.pk,
@@ -520,6 +537,16 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             cost=cost,
         )
     if succeeded:
+        metrics.record_job_status(JobStatus.SUCCEEDED)
+        logger.info(
+            "job %s succeeded: %s answered (tier %d), %d+%d tokens, %d micro-USD",
+            job.pk,
+            answered.slug,
+            step + 1,
+            result.input_tokens,
+            result.output_tokens,
+            cost,
+        )
         # Listeners first: the accounting below does not change the answer.
         relay.final(
             {
@@ -588,6 +615,7 @@ def _run_chain(
                 continue  # the request asked for no cached answer
             if failure is not None:
                 relay.event({"type": "fallback", "from": previous, "to": name, "reason": failure.error_type})
+                metrics.record_fallback(previous, name, failure.error_type)
             found = _semantic_last_resort(job=job, spec=spec, tier=step + 1)
             if found is not None:
                 return found
@@ -604,9 +632,10 @@ def _run_chain(
             continue
         if failure is not None:
             relay.event({"type": "fallback", "from": previous, "to": name, "reason": failure.error_type})
+            metrics.record_fallback(previous, name, failure.error_type)
         previous = name
         try:
-            return step_spec, step, _call_with_retries(job=job, spec=step_spec, relay=relay)
+            return step_spec, step, _call_with_retries(job=job, spec=step_spec, relay=relay, tier=step + 1)
         except ProviderError as exc:
             if exc.partial_output:
                 _charge_and_refund(job=job, spec=step_spec, output=exc.partial_output, call=step)
@@ -684,7 +713,7 @@ _ANSWER_FIELDS = (
 )
 
 
-def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatResult:
+def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: int = 1) -> ChatResult:
     """Call the model, retrying what failed for the provider's reasons (5xx, 429,
     timeouts, no connection) with exponential backoff and full jitter, or after the
     provider's Retry-After when that is longer; never after the job's deadline, and
@@ -703,7 +732,19 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatR
             job.attempt_log.append(_attempt(spec.slug, started, "skipped", retries, exc))
             raise exc
         try:
-            result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
+            with provider_call(
+                spec,
+                operation="chat",
+                params=job.params,
+                stream=True,
+                job=_span_fields(job, tier),
+                messages=job.messages,
+            ) as call:
+                result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
+                call.succeeded(
+                    result,
+                    cost_micros=call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens),
+                )
         except ProviderError as exc:
             breaker_record(spec.slug, ok=not exc.provider_trouble)
             wait = _backoff(retries, exc.retry_after)
@@ -720,6 +761,24 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay) -> ChatR
         breaker_record(spec.slug, ok=True)
         job.attempt_log.append(_attempt(spec.slug, started, "succeeded", retries, None))
         return result
+
+
+def _span_fields(job: Job, tier: int) -> dict[str, Any]:
+    """Our attributes on a provider call's span: whose job, and why it called."""
+    plan = CachePlan.from_json(job.cache)
+    if plan is None:
+        cache = "off"
+    elif plan.mode in (CacheMode.BYPASS, CacheMode.REFRESH):
+        cache = plan.mode.value
+    else:
+        cache = "miss" if plan.lookup else "write"
+    return {
+        "tenant": current_schema(),
+        "user": job.user_id,
+        "job_id": str(job.pk),
+        "cache": cache,
+        "fallback_tier": tier,
+    }
 
 
 def _backoff(retries: int, retry_after: float | None) -> float:
@@ -751,6 +810,7 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
         answer = exact_get(schema=schema, key=plan.key, count=False)  # its miss was counted at submission
         if answer is not None:
             cache_count(schema=schema, field="exact_hit")
+            metrics.record_cache_request("exact", hit=True)
             return answer, "exact", None, None
     if not plan.semantic:
         return None, "", None, None
@@ -767,6 +827,7 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
     if lookup is None:
         return None, "", None, None
     cache_count(schema=schema, field="semantic_hit" if lookup.hit else "semantic_miss", lookup_ms=lookup.elapsed_ms)
+    metrics.record_cache_request("semantic", hit=lookup.hit is not None)
     logger.info(
         "semantic cache %s for job %s (similarity %s, %.1f ms)",
         "hit" if lookup.hit else "miss",
@@ -820,6 +881,7 @@ def _job_answer_from_cache(
         return False
     budget_release(schema=current_schema(), job_id=job.pk)
     _reconcile_rate_limits(job=job, spec=spec, used=None)
+    metrics.record_job_status(JobStatus.SUCCEEDED)
     _publish_cached(job=job, spec=spec, listeners=True)
     return True
 
@@ -871,6 +933,7 @@ def _job_cancel_switched(*, job: Job, what: str, reason: str) -> None:
     if spec is not None:
         _reconcile_rate_limits(job=job, spec=spec, used=None)
     if cancelled:
+        metrics.record_job_status(JobStatus.CANCELLED)
         logger.info("job %s cancelled in the worker: AI is switched off for %s", job.pk, what)
         job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
@@ -935,6 +998,8 @@ def job_fail(
     # Idempotent: also when the job was cancelled meanwhile, its hold goes back.
     budget_release(schema=current_schema(), job_id=job_id)
     if failed:
+        metrics.record_job_status(JobStatus.FAILED)
+        logger.info("job %s failed: %s", job_id, error_type, extra={"error_type": error_type})
         EventRelay(job_id=job_id).final(
             {"type": "error", "error_type": error_type, "message": message, "provider_status": status}
         )

@@ -86,6 +86,7 @@ class ChatResult:
     latency_ms: int
     response_model: str
     response_id: str
+    first_chunk_s: float | None = None  # from sending the request to the first text
 
 
 def provider_api_key(spec: ModelSpec) -> str:
@@ -171,6 +172,7 @@ def chat_stream(
     usage: dict[str, Any] | None = None
     response_model = spec.provider_model_name
     response_id = ""
+    first_chunk: float | None = None
     try:
         # The SDK makes the request (auth, base URL, status errors); its streaming
         # response is read as raw SSE lines: building a pydantic object per chunk
@@ -200,6 +202,8 @@ def chat_stream(
                 for choice in (chunk.get("choices") or [])[:1]:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
+                        if first_chunk is None:
+                            first_chunk = time.perf_counter()
                         pieces.append(text)
                         on_delta(text)
                     if choice.get("finish_reason"):
@@ -247,6 +251,7 @@ def chat_stream(
         latency_ms=int((time.perf_counter() - started) * 1000),
         response_model=response_model,
         response_id=response_id,
+        first_chunk_s=first_chunk - started if first_chunk is not None else None,
     )
 
 

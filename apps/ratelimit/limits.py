@@ -16,6 +16,8 @@ from apps.catalog.selectors import ModelSpec
 from apps.controls.models import RateLimit
 from apps.core.errors import ApiError, PayloadTooLarge, ServiceUnavailable
 from apps.core.ttlcache import TTLCache
+from apps.observability import metrics
+from apps.tenants.db import current_schema
 
 from .buckets import Bucket, Decision, Unit, buckets_adjust, buckets_peek, buckets_take
 from .models import UserRateLimit
@@ -140,6 +142,12 @@ class RateLimited(ApiError):
         )
 
 
+def bucket_label(bucket: Bucket) -> str:
+    """A bucket's kind for metrics: user, tenant or model; tokens or requests."""
+    scope = next((name for name in ("user", "tenant", "model") if f":rl:{name}" in bucket.key), "other")
+    return f"{scope}_{bucket.unit.value}"
+
+
 def ratelimit_admit(buckets: tuple[Bucket, ...], tokens: int, *, fail_open: bool = False) -> RateLimitState | None:
     """Debit the request (its estimated tokens, and one request where requests
     are limited) from all its buckets, or raise: RateLimited (429, Retry-After),
@@ -152,12 +160,14 @@ def ratelimit_admit(buckets: tuple[Bucket, ...], tokens: int, *, fail_open: bool
         decision = buckets_take(buckets, _costs(buckets, tokens))
     except redis.RedisError as exc:
         if fail_open:
+            metrics.record_ratelimit_unavailable("fail_open")
             logger.warning(
                 "rate limiter unavailable, admitting without limits (tenant fails open): %s",
                 exc,
                 extra={"event": "ratelimit_unavailable", "outcome": "fail_open"},
             )
             return None
+        metrics.record_ratelimit_unavailable("fail_closed")
         logger.error(
             "rate limiter unavailable, refusing LLM admission: %s",
             exc,
@@ -176,6 +186,8 @@ def ratelimit_admit(buckets: tuple[Bucket, ...], tokens: int, *, fail_open: bool
             param="max_tokens",
         )
     if not decision.admitted:
+        assert decision.bucket is not None
+        metrics.record_ratelimit_rejection(bucket_label(decision.bucket), current_schema())
         raise RateLimited(decision, buckets, tokens)
     return RateLimitState(buckets, decision.levels)
 

@@ -1,0 +1,211 @@
+"""A production LLM worker process (the Procfile's command, gevent pool) with
+every observability output switched on by environment, as an operator would:
+OTLP traces to a collector, Sentry to a DSN, its own /metrics port, JSON logs.
+The collector and Sentry are one local HTTP sink that keeps what it receives."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django_tenants.utils import tenant_context
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from apps.jobs.models import Job
+from apps.jobs.services import job_enqueue
+from devtools.run import expand, parse_procfile
+from devtools.serve import ThreadedUvicorn
+from tests.conftest import SPANS
+from tests.support import Personas, job_until_final, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "the worker must never send this anywhere"
+
+
+class Sink:
+    """Records every POST: Sentry envelopes and OTLP trace exports."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, bytes]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"")
+        if encoding == b"gzip":
+            body = gzip.decompress(body)
+        elif encoding == b"deflate":
+            body = zlib.decompress(body)
+        self.posts.append((scope["path"], body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def spans(self) -> list[Any]:
+        found = []
+        for path, body in self.posts:
+            if path == "/v1/traces":
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for resource in request.resource_spans:
+                    for scoped in resource.scope_spans:
+                        found.extend(scoped.spans)
+        return found
+
+    def sentry_events(self) -> list[dict[str, Any]]:
+        events = []
+        for path, body in self.posts:
+            if path.endswith("/envelope/"):
+                for line in body.split(b"\n"):
+                    if line.startswith(b"{") and b'"exception"' in line:
+                        events.append(json.loads(line))
+        return events
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, ThreadedUvicorn]]:
+    app = Sink()
+    server = ThreadedUvicorn(app, name="collector-sink")
+    server.start()
+    yield app, server
+    server.stop()
+
+
+@pytest.fixture
+def observed_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    app, server = sink
+    port = server.url.rsplit(":", 1)[1]
+    metrics_port = _free_port()
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "aiplatform.settings.test",
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LLM_QUEUES": "llm.pool-probe",
+        "LLM_WORKER_CONCURRENCY": "20",
+        "CELERY_LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "SENTRY_DSN": f"http://public@127.0.0.1:{port}/1",
+        "WORKER_METRICS_PORT": str(metrics_port),
+    }
+    command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    wait_for(lambda: _reachable(metrics_url), timeout=30)
+    yield {"sink": app, "metrics": metrics_url, "log": log_path}
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(url, timeout=5, trust_env=False).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+
+
+def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, committed_personas: Personas):
+    sink: Sink = observed_worker["sink"]
+    alice = committed_personas.alice
+    client = alice.client()
+    body = {"model": "pool-probe", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
+    job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"], timeout=30)
+    assert job["status"] == "succeeded"
+
+    # Traces: the worker's spans reach the collector, in the trace the web started
+    # (its publish span was recorded here, in this process).
+    (publish,) = [s for s in SPANS.get_finished_spans() if s.name == "apply_async/jobs.run"]
+    exported = wait_for(lambda: [s for s in sink.spans() if s.name == "chat pool-probe"], timeout=20)
+    attributes = {a.key: a.value for a in exported[0].attributes}
+    assert attributes["aip.job_id"].string_value == job["id"]
+    assert attributes["gen_ai.usage.output_tokens"].int_value == job["usage"]["output_tokens"]
+    assert int.from_bytes(exported[0].trace_id, "big") == publish.context.trace_id
+    assert {s.name for s in sink.spans()} >= {"run/jobs.run", "chat pool-probe"}
+
+    # Metrics: the worker's own port.
+    samples = _samples(observed_worker["metrics"])
+    assert _value(samples, "gen_ai_client_token_usage_count", model="pool-probe", gen_ai_token_type="output") == 1
+    assert _value(samples, "aip_cost_usd_total", tenant="acme", model="pool-probe") > 0
+    assert _value(samples, "aip_jobs_total", status="succeeded") == 1
+    assert ("aip_jobs_in_flight", frozenset({("model", "pool-probe")})) in samples
+
+    # An error of ours: Sentry gets it with the job's tags and without the prompt.
+    # A job no API would accept (a parameter the worker passes itself): the call
+    # raises a TypeError in the worker, an error of ours, not the provider's.
+    with tenant_context(alice.tenant):
+        crash = Job.objects.create(
+            user_id=alice.user_id,
+            model="pool-probe",
+            messages=[{"role": "user", "content": PROMPT}],
+            params={"stream": 1},
+        )
+        job_enqueue(job_id=crash.pk, model="pool-probe")
+    events = wait_for(lambda: sink.sentry_events(), timeout=20)
+    event = events[0]
+    assert event["tags"]["job_id"] == str(crash.pk)
+    assert event["tags"]["tenant"] == "acme" and event["tags"]["model"] == "pool-probe"
+    assert "TypeError" in json.dumps(event["exception"])
+    assert all(PROMPT.encode() not in body for _, body in sink.posts)  # not in errors, not in spans
+
+    # Logs: JSON lines, each of the job's naming it.
+    def job_lines() -> list[dict[str, Any]]:
+        lines = []
+        for raw in observed_worker["log"].read_text().splitlines():
+            if raw.startswith("{"):
+                line = json.loads(raw)
+                if line.get("job_id") == job["id"]:
+                    lines.append(line)
+        return lines
+
+    lines = wait_for(job_lines)
+    assert any("succeeded" in line["message"] for line in lines)
+    assert all(line["tenant"] == "acme" and line["model"] == "pool-probe" for line in lines)
+    assert PROMPT not in observed_worker["log"].read_text()
