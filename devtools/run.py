@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATADIR = ROOT / ".devdata"
 PROCFILE = ROOT / "Procfile"
 UPSTREAM_PORT = int(os.environ.get("AIP_UPSTREAM_PORT", "9100"))
+WORKER_METRICS_BASE_PORT = 9400
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 
 
@@ -194,21 +196,49 @@ def main(argv: list[str] | None = None) -> int:
     models = manage("worker_queues", "--llm-models", env=env, capture=True).split()
     env.setdefault("FLOWER_BASIC_AUTH", flower_auth())
     procfile = parse_procfile(PROCFILE)
+    worker_metrics: dict[str, int] = {}
+
+    def worker_env(name: str) -> dict[str, str]:
+        """Each worker serves its own /metrics on the next free port from 9400."""
+        port = max([WORKER_METRICS_BASE_PORT - 1, *worker_metrics.values()]) + 1
+        while port_open(port):
+            port += 1
+        worker_metrics[name] = port
+        return {**env, "WORKER_METRICS_PORT": str(port)}
+
     for name, command in procfile.items():
         if name == "worker-llm":
             for slug in models:
-                supervisor.start(f"worker llm.{slug}", expand(command, {**env, "LLM_QUEUES": f"llm.{slug}"}), env)
+                llm_env = {**worker_env(f"llm.{slug}"), "LLM_QUEUES": f"llm.{slug}"}
+                supervisor.start(f"worker llm.{slug}", expand(command, llm_env), llm_env)
+        elif name == "worker":
+            default_env = worker_env("default")
+            supervisor.start(name, expand(command, default_env), default_env)
+        elif name == "web":
+            # uvicorn may run several processes (WEB_CONCURRENCY): their metrics meet here.
+            metrics_dir = DATADIR / "metrics-web"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir()
+            web_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+            supervisor.start(name, expand(command, web_env), web_env)
         else:
             supervisor.start(name, expand(command, env), env)
 
     deadline = time.monotonic() + 60
     while not port_open(web_port) and time.monotonic() < deadline:
         time.sleep(0.2)
-    banner(env, web_port, models, demo_key, local_base_url)
+    banner(env, web_port, models, demo_key, local_base_url, worker_metrics)
     return supervisor.wait()
 
 
-def banner(env: dict[str, str], port: int, models: list[str], key: str | None, local_base_url: str) -> None:
+def banner(
+    env: dict[str, str],
+    port: int,
+    models: list[str],
+    key: str | None,
+    local_base_url: str,
+    worker_metrics: dict[str, int],
+) -> None:
     base = f"http://localhost:{port}"
     key_text = key or "$AIP_API_KEY"
     lines = [
@@ -221,6 +251,11 @@ def banner(env: dict[str, str], port: int, models: list[str], key: str | None, l
         f"  Tenant admin   http://demo.localhost:{port}/admin/   (users, API keys, jobs)",
         f"  Flower         http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}/   (login {env['FLOWER_BASIC_AUTH']})",
         f"  LLM queues     {', '.join(f'llm.{m}' for m in models) or 'none (no enabled models)'}",
+        f"  Metrics        {base}/metrics   (web processes, breakers, queue depth, cache counters)",
+        "                 workers: "
+        + ", ".join(f"{name} http://127.0.0.1:{p}/metrics" for name, p in worker_metrics.items()),
+        "  Traces         OTEL_TRACES_EXPORTER=console make run prints spans; set OTEL_EXPORTER_OTLP_ENDPOINT",
+        "                 to send them to a collector. Logs: LOG_FORMAT=json for JSON lines.",
         f"  local-small -> {local_base_url}: the built-in test upstream (it echoes your prompt;",
         "                 point the model at a real server in the operator admin).",
     ]

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
+
+# No `*_created` series next to every counter (multiprocess mode has none either).
+disable_created_metrics()
 
 ENABLED = os.environ.get("METRICS_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off")
 
