@@ -46,6 +46,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.cache
 	$(PY) -m bench.semantic
 	$(PY) -m bench.fallback
+	$(PY) -m bench.observability
 
 clean: ## Remove .venv (keeps .devdata, your database)
 	rm -rf $(VENV)

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import psycopg
+import redis
 
 from devtools import embedded
 from devtools.run import expand, parse_procfile
@@ -131,6 +132,7 @@ def platform(
     web_workers: int = 1,
     shared_upstream: dict[str, int] | None = None,
     llm_queues: str = "llm.local-small",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Platform]:
     """A whole platform on private ports, torn down afterwards (the data dir stays).
     `shared_upstream` ({"chunks": 20, "chunk_delay_ms": 100}) serves local-small from
@@ -148,6 +150,7 @@ def platform(
         CELERY_LOG_LEVEL="WARNING",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
+    env.update(extra_env or {})
     plat = Platform(env=env, web_port=free_port(), upstream_port=free_port())
     try:
         if shared_upstream is None:
@@ -170,9 +173,12 @@ def platform(
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             conn.execute(
                 "TRUNCATE demo.jobs_job, demo.billing_userbudget, public.controls_tenantbudget,"
-                " demo.ratelimit_userratelimit, public.controls_ratelimit CASCADE"
+                " demo.ratelimit_userratelimit, public.controls_ratelimit, public.controls_fallbackpolicy,"
+                " public.controls_cachepolicy, public.controls_killswitch, public.flags_flag, demo.flags_flag CASCADE"
             )
             conn.execute("UPDATE public.catalog_llmmodel SET tokens_per_minute = NULL, requests_per_minute = NULL")
+        # Nor messages, breakers, buckets or cached answers (a bench may set up its own after this).
+        redis.Redis.from_url(services.redis_url).flushall()
         plat.api_key = plat.manage("create_api_key", "--tenant", "demo", "--email", "bench@demo.test").split()[-1]
         procfile = parse_procfile(ROOT / "Procfile")
         proc_env = {

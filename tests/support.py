@@ -6,12 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from apps.tenants.models import Tenant
@@ -88,6 +92,30 @@ def sse_events(response: httpx.Response, *, limit: int | None = None) -> list[tu
     return events
 
 
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def worker_process_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker process started by a test (the Procfile's
+    command): the test database and Valkey, this venv's executables first."""
+    db = settings.DATABASES["default"]
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "aiplatform.settings.test",
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **extra,
+    }
+
+
 class Receiver:
     """An ASGI webhook receiver that records what it gets and can fail on purpose."""
 
@@ -97,12 +125,7 @@ class Receiver:
         self.url = ""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.received.append({"headers": headers, "body": body})
         status = 500 if self.fail_next > 0 else 204

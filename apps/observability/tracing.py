@@ -117,7 +117,10 @@ def traced_asgi(app: Any) -> Any:
         return app
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
+    # Prometheus's scrapes are not worth a trace each, unless the operator names the
+    # URLs to skip (OTEL_PYTHON_ASGI_EXCLUDED_URLS or OTEL_PYTHON_EXCLUDED_URLS).
+    excluded = os.environ.get("OTEL_PYTHON_ASGI_EXCLUDED_URLS") or os.environ.get("OTEL_PYTHON_EXCLUDED_URLS")
+    return OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"], excluded_urls=excluded or "/metrics$")
 
 
 def name_server_span(method: str, route: str | None) -> None:

@@ -5,19 +5,16 @@ web process relays every job's tokens to several listeners through its stream hu
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings
 
 from devtools.run import expand, parse_procfile
-from tests.support import Personas, http_client, job_until_final
+from tests.support import Personas, http_client, job_until_final, worker_process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 40
@@ -25,17 +22,7 @@ JOBS = 40
 
 @pytest.fixture
 def gevent_worker(platform, committed_db, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "aiplatform.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "LLM_QUEUES": "llm.pool-probe",
-        "LLM_WORKER_CONCURRENCY": "100",
-        "CELERY_LOG_LEVEL": "WARNING",
-    }
+    env = worker_process_env(LLM_QUEUES="llm.pool-probe", LLM_WORKER_CONCURRENCY="100", CELERY_LOG_LEVEL="WARNING")
     command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
     assert "gevent" in command  # the pool production runs
     log = (tmp_path / "worker.log").open("wb")

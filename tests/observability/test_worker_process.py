@@ -5,12 +5,12 @@ The collector and Sentry are one local HTTP sink that keeps what it receives."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
-import os
 import socket
 import subprocess
-import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings
 from django_tenants.utils import tenant_context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +27,7 @@ from apps.jobs.services import job_enqueue
 from devtools.run import expand, parse_procfile
 from devtools.serve import ThreadedUvicorn
 from tests.conftest import SPANS
-from tests.support import Personas, job_until_final, wait_for
+from tests.support import Personas, job_until_final, read_body, wait_for, worker_process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "the worker must never send this anywhere"
@@ -43,12 +42,7 @@ class Sink:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = dict(scope["headers"])
         encoding = headers.get(b"content-encoding", b"")
         if encoding == b"gzip":
@@ -95,40 +89,51 @@ def sink() -> Iterator[tuple[Sink, ThreadedUvicorn]]:
     server.stop()
 
 
-@pytest.fixture
-def observed_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    app, server = sink
+@contextlib.contextmanager
+def _worker(sink: Sink, server: ThreadedUvicorn, tmp_path: Path, **extra: str) -> Iterator[dict[str, Any]]:
     port = server.url.rsplit(":", 1)[1]
     metrics_port = _free_port()
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "aiplatform.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "LLM_QUEUES": "llm.pool-probe",
-        "LLM_WORKER_CONCURRENCY": "20",
-        "CELERY_LOG_LEVEL": "INFO",
-        "LOG_FORMAT": "json",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "SENTRY_DSN": f"http://public@127.0.0.1:{port}/1",
-        "WORKER_METRICS_PORT": str(metrics_port),
-    }
+    env = worker_process_env(
+        LLM_QUEUES="llm.pool-probe",
+        LLM_WORKER_CONCURRENCY="20",
+        CELERY_LOG_LEVEL="INFO",
+        LOG_FORMAT="json",
+        OTEL_EXPORTER_OTLP_ENDPOINT=server.url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        SENTRY_DSN=f"http://public@127.0.0.1:{port}/1",
+        WORKER_METRICS_PORT=str(metrics_port),
+        **extra,
+    )
     command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
     log_path = tmp_path / "worker.log"
     log = log_path.open("wb")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    wait_for(lambda: _reachable(metrics_url), timeout=30)
-    yield {"sink": app, "metrics": metrics_url, "log": log_path}
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        wait_for(lambda: _reachable(metrics_url), timeout=30)
+        yield {"sink": sink, "metrics": metrics_url, "log": log_path}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def observed_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    # The operator's opt-in to traces from a gevent worker (see apps/observability/celery.py).
+    app, server = sink
+    with _worker(app, server, tmp_path, AIP_TRACE_GEVENT_WORKERS="true") as worker:
+        yield worker
+
+
+@pytest.fixture
+def guarded_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    app, server = sink
+    with _worker(app, server, tmp_path) as worker:
+        yield worker
 
 
 def _reachable(url: str) -> bool:
@@ -209,3 +214,16 @@ def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, comm
     assert any("succeeded" in line["message"] for line in lines)
     assert all(line["tenant"] == "acme" and line["model"] == "pool-probe" for line in lines)
     assert PROMPT not in observed_worker["log"].read_text()
+
+
+def test_a_gevent_worker_records_no_spans_unless_the_operator_opts_in(guarded_worker, committed_personas: Personas):
+    """The known defect's guard: traced gevent workers lost jobs under bursts."""
+    client = committed_personas.alice.client()
+    body = {"model": "pool-probe", "messages": [{"role": "user", "content": "untraced"}], "max_tokens": 8}
+    job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"], timeout=30)
+    assert job["status"] == "succeeded"
+    assert "tracing is off in this gevent worker" in guarded_worker["log"].read_text()
+    samples = _samples(guarded_worker["metrics"])  # metrics are not affected
+    assert _value(samples, "aip_jobs_total", status="succeeded") == 1
+    time.sleep(1)  # ten export intervals
+    assert not [path for path, _ in guarded_worker["sink"].posts if path == "/v1/traces"]
