@@ -53,10 +53,7 @@ def measure(mode: str, *, requests: int, jobs: int, sink_port: int) -> dict[str,
     env = dict(MODES[mode])
     if mode == "on":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
-    # The LLM worker runs the threads pool here: with tracing on, the gevent pool
-    # lost jobs under a burst (see the closing note of issue 9); the web tier, whose
-    # submission latency is the question, is the same either way.
-    with platform(extra_env=env, llm_pool="threads", llm_concurrency=64) as plat:
+    with platform(extra_env=env) as plat:
         submit = submission_latency(plat, concurrency=32, requests=requests)
         e2e = end_to_end(plat, jobs=jobs, concurrency=32)
     errors = sum(

@@ -16,6 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# httpx2 imports its transport (httpcore2) when the first client is built, and that
+# import may run a subprocess: trio, when installed, probes libpthread with
+# `ldconfig -p`. In a gevent worker, a subprocess started while other greenlets are
+# mid-call forks them into the child, which runs them until it execs: they talked
+# on the parent's Postgres and Redis sockets, and jobs were lost to replies read by
+# the wrong side. Imported here, at process start, nothing else is running.
+import httpcore2  # noqa: F401
 import httpx2
 import openai
 from django.conf import settings

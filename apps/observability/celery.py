@@ -64,33 +64,11 @@ def _unbind_task_context(task: Any = None, **extra: Any) -> None:
             context.start()
 
 
-# Known defect (issue 9's note): with spans recorded, a gevent worker starting on a
-# burst of jobs lost a few of them to database and Redis replies read by the wrong
-# greenlet; it goes away with the garbage collector off, and is not understood yet.
-# Until it is, a gevent worker records no spans unless the operator accepts that.
-GEVENT_TRACING_ENV = "AIP_TRACE_GEVENT_WORKERS"
-
-
 @worker_init.connect
 def _start_tracing(**kwargs: Any) -> None:
     from .tracing import tracing_init
 
-    if _gevent_patched() and os.environ.get(GEVENT_TRACING_ENV, "").lower() not in ("1", "true", "yes"):
-        logger.warning(
-            "tracing is off in this gevent worker (a known defect loses jobs under bursts with spans on);"
-            " set %s=true to trace it anyway",
-            GEVENT_TRACING_ENV,
-        )
-        return
     tracing_init(service="aiplatform-worker")
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(monkey.is_module_patched("socket"))
 
 
 @worker_ready.connect

@@ -10,7 +10,7 @@ import gzip
 import json
 import socket
 import subprocess
-import time
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,14 +123,6 @@ def _worker(sink: Sink, server: ThreadedUvicorn, tmp_path: Path, **extra: str) -
 
 @pytest.fixture
 def observed_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    # The operator's opt-in to traces from a gevent worker (see apps/observability/celery.py).
-    app, server = sink
-    with _worker(app, server, tmp_path, AIP_TRACE_GEVENT_WORKERS="true") as worker:
-        yield worker
-
-
-@pytest.fixture
-def guarded_worker(platform, committed_db, sink, tmp_path: Path) -> Iterator[dict[str, Any]]:
     app, server = sink
     with _worker(app, server, tmp_path) as worker:
         yield worker
@@ -216,14 +208,33 @@ def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, comm
     assert PROMPT not in observed_worker["log"].read_text()
 
 
-def test_a_gevent_worker_records_no_spans_unless_the_operator_opts_in(guarded_worker, committed_personas: Personas):
-    """The known defect's guard: traced gevent workers lost jobs under bursts."""
-    client = committed_personas.alice.client()
-    body = {"model": "pool-probe", "messages": [{"role": "user", "content": "untraced"}], "max_tokens": 8}
-    job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"], timeout=30)
-    assert job["status"] == "succeeded"
-    assert "tracing is off in this gevent worker" in guarded_worker["log"].read_text()
-    samples = _samples(guarded_worker["metrics"])  # metrics are not affected
-    assert _value(samples, "aip_jobs_total", status="succeeded") == 1
-    time.sleep(1)  # ten export intervals
-    assert not [path for path, _ in guarded_worker["sink"].posts if path == "/v1/traces"]
+NO_SUBPROCESS = """
+import django, subprocess
+django.setup()
+from apps.llm import providers
+
+def refuse(*args, **kwargs):
+    raise AssertionError(f"a subprocess was started: {args[0]!r}")
+
+subprocess.Popen = refuse  # what gevent's fork would turn into a copy of every running job
+providers.openai_client("http://127.0.0.1:9/v1", "not-needed", 5.0)
+print("ok")
+"""
+
+
+def test_building_a_provider_client_in_a_running_worker_starts_no_subprocess():
+    """The first provider call of a worker builds its client. httpx's transport
+    import could run `ldconfig -p` (trio probing libpthread); in a gevent worker
+    that fork copied the running jobs into the child, which used the parent's
+    Postgres and Redis sockets (jobs were lost under a burst). Everything such an
+    import needs is loaded at process start."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_SUBPROCESS],
+        cwd=ROOT,
+        env=worker_process_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
