@@ -217,13 +217,17 @@ def refuse(*args, **kwargs):
     raise AssertionError(f"a subprocess was started: {args[0]!r}")
 
 subprocess.Popen = refuse  # what gevent's fork would turn into a copy of every running job
-providers.openai_client("http://127.0.0.1:9/v1", "not-needed", 5.0)
+client = providers.openai_client("http://127.0.0.1:9/v1", "not-needed", 5.0)
+try:  # the first request too (headers, transport): nothing listens on port 9
+    client.models.list()
+except providers.openai.APIConnectionError:
+    pass
 print("ok")
 """
 
 
 def test_building_a_provider_client_in_a_running_worker_starts_no_subprocess():
-    """The first provider call of a worker builds its client. httpx's transport
+    """The first provider call of a worker builds its client and sends. httpx's transport
     import could run `ldconfig -p` (trio probing libpthread); in a gevent worker
     that fork copied the running jobs into the child, which used the parent's
     Postgres and Redis sockets (jobs were lost under a burst). Everything such an
