@@ -14,7 +14,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.controls.models import RateLimit, TenantBudget
-from tests.support import Personas, job_until_final
+from tests.support import Personas, job_until_final, wait_for
 
 BODY = {"model": "local-small", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 32}
 
@@ -40,7 +40,13 @@ def test_a_job_shows_tokens_cost_and_duration_with_their_labels(worker, committe
     client = committed_personas.alice.client()
     job = job_until_final(client, client.post("/api/v1/jobs", BODY, format="json").json()["id"])
     assert job["status"] == "succeeded"
-    after = scrape()
+
+    def counted() -> dict | None:  # the worker counts the job just after it is stored as succeeded
+        now = scrape()
+        done = value(now, "aip_jobs_total", status="succeeded") > value(before, "aip_jobs_total", status="succeeded")
+        return now if done else None
+
+    after = wait_for(counted)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

@@ -165,10 +165,16 @@ def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, comm
     assert attributes["aip.job_id"].string_value == job["id"]
     assert attributes["gen_ai.usage.output_tokens"].int_value == job["usage"]["output_tokens"]
     assert int.from_bytes(exported[0].trace_id, "big") == publish.context.trace_id
-    assert {s.name for s in sink.spans()} >= {"run/jobs.run", "chat pool-probe"}
+    # The task's span ends after the job (and leaves in a later batch).
+    wait_for(lambda: {s.name for s in sink.spans()} >= {"run/jobs.run", "chat pool-probe"}, timeout=20)
 
     # Metrics: the worker's own port.
-    samples = _samples(observed_worker["metrics"])
+    # (the worker counts the job just after it is stored as succeeded)
+    def counted() -> dict | None:
+        now = _samples(observed_worker["metrics"])
+        return now if _value(now, "aip_jobs_total", status="succeeded") else None
+
+    samples = wait_for(counted)
     assert _value(samples, "gen_ai_client_token_usage_count", model="pool-probe", gen_ai_token_type="output") == 1
     assert _value(samples, "aip_cost_usd_total", tenant="acme", model="pool-probe") > 0
     assert _value(samples, "aip_jobs_total", status="succeeded") == 1
