@@ -39,6 +39,7 @@ from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.observability import metrics
 from apps.observability.context import bind
 from apps.observability.genai import provider_call
+from apps.observability.tracing import tracing_enabled
 from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, ratelimit_reconcile, ratelimit_refund
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
@@ -218,8 +219,8 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             ratelimit_refund(buckets, tokens=taken)
         raise
     job, created = stored
-    bind(job_id=job.pk, model=spec.slug)
     if not created:  # an idempotent replay (a concurrent twin won): this request made no job
+        bind(job_id=job.pk)
         if held:
             budget_release(schema=principal.tenant_schema, job_id=job_id)
         if taken:
@@ -723,6 +724,8 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: in
     deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
     started = timezone.now()
     retries = 0
+    # Our span attributes, worked out once for every attempt, and only when traced.
+    span_fields = _span_fields(job, tier) if tracing_enabled() else None
     while True:
         if not breaker_allow(spec.slug):
             exc = ProviderError(
@@ -737,7 +740,7 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: in
                 operation="chat",
                 params=job.params,
                 stream=True,
-                job=_span_fields(job, tier),
+                job=span_fields,
                 messages=job.messages,
             ) as call:
                 result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)

@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devtools.run import expand, parse_procfile
-from tests.support import Personas, http_client, job_until_final, worker_process_env
+from tests.support import Personas, http_client, job_until_final, llm_worker_process, worker_process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 40
@@ -23,17 +22,8 @@ JOBS = 40
 @pytest.fixture
 def gevent_worker(platform, committed_db, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = worker_process_env(LLM_QUEUES="llm.pool-probe", LLM_WORKER_CONCURRENCY="100", CELERY_LOG_LEVEL="WARNING")
-    command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
-    assert "gevent" in command  # the pool production runs
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with llm_worker_process(env, tmp_path / "worker.log") as process:
+        yield process
     assert b"Traceback" not in (tmp_path / "worker.log").read_bytes(), (tmp_path / "worker.log").read_text()
 
 

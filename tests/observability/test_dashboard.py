@@ -10,10 +10,9 @@ from pathlib import Path
 
 import yaml
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from apps.observability import metrics
-from tests.support import Personas
+from tests.support import Personas, metric_samples
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 PROMQL_WORDS = {"sum", "by", "rate", "max", "histogram_quantile", "le", "without", "on", "ignoring"}
@@ -29,10 +28,8 @@ def _queried(expr: str) -> set[str]:
 
 
 def _exported(committed_personas: Personas) -> set[str]:
-    names = set()
     page = Client().get("/metrics").content.decode()  # the shared series (breakers, queues...)
-    for family in text_string_to_metric_families(page):
-        names |= {sample.name for sample in family.samples}
+    names = {name for name, _ in metric_samples(page)}
     for family in metrics.REGISTRY.collect():  # every process's own, recorded or not yet
         base = family.name
         if family.type == "histogram":

@@ -11,28 +11,18 @@ from decimal import Decimal
 import redis
 from django.conf import settings
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import generate_latest
 
 from apps.controls.models import RateLimit, TenantBudget
-from tests.support import Personas, job_until_final, wait_for
+from tests.support import Personas, Samples, job_until_final, metric_samples, metric_value, wait_for
 
 BODY = {"model": "local-small", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 32}
 
 
-def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape() -> Samples:
     page = Client().get("/metrics")
     assert page.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(page.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """The sum over the series of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+    return metric_samples(page.content.decode())
 
 
 def test_a_job_shows_tokens_cost_and_duration_with_their_labels(worker, committed_personas: Personas):
@@ -43,13 +33,15 @@ def test_a_job_shows_tokens_cost_and_duration_with_their_labels(worker, committe
 
     def counted() -> dict | None:  # the worker counts the job just after it is stored as succeeded
         now = scrape()
-        done = value(now, "aip_jobs_total", status="succeeded") > value(before, "aip_jobs_total", status="succeeded")
+        done = metric_value(now, "aip_jobs_total", status="succeeded") > metric_value(
+            before, "aip_jobs_total", status="succeeded"
+        )
         return now if done else None
 
     after = wait_for(counted)
 
     def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     genai = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai", "model": "local-small"}
     assert delta("gen_ai_client_token_usage_sum", gen_ai_token_type="input", **genai) == job["usage"]["input_tokens"]
@@ -62,7 +54,7 @@ def test_a_job_shows_tokens_cost_and_duration_with_their_labels(worker, committe
     assert abs(Decimal(str(delta("aip_cost_usd_total", tenant="acme", model="local-small"))) - cost) < Decimal("1e-6")
     assert delta("aip_jobs_total", status="queued") == 1
     assert delta("aip_jobs_total", status="succeeded") == 1
-    assert value(after, "aip_queue_depth", queue="llm.local-small") == 0  # the worker took it
+    assert metric_value(after, "aip_queue_depth", queue="llm.local-small") == 0  # the worker took it
     assert ("aip_jobs_in_flight", frozenset({("model", "local-small")})) in after
 
 
@@ -83,7 +75,7 @@ def test_rejections_count_by_bucket_and_budget(committed_personas: Personas):
         ("aip_ratelimit_rejections_total", {"bucket": "tenant_tokens", "tenant": "acme"}),
         ("aip_budget_rejections_total", {"scope": "tenant", "period": "month", "tenant": "globex"}),
     ):
-        assert value(after, name, **labels) - value(before, name, **labels) == 1, name
+        assert metric_value(after, name, **labels) - metric_value(before, name, **labels) == 1, name
 
 
 def test_queue_depth_counts_what_waits_for_a_worker(committed_personas: Personas):
@@ -93,9 +85,9 @@ def test_queue_depth_counts_what_waits_for_a_worker(committed_personas: Personas
     client = committed_personas.alice.client()
     for _ in range(2):
         assert client.post("/api/v1/jobs", {**BODY, "model": "routing-probe"}, format="json").status_code == 202
-    assert value(scrape(), "aip_queue_depth", queue="llm.routing-probe") == 2
+    assert metric_value(scrape(), "aip_queue_depth", queue="llm.routing-probe") == 2
     broker.delete("llm.routing-probe")
-    assert value(scrape(), "aip_queue_depth", queue="llm.routing-probe") == 0
+    assert metric_value(scrape(), "aip_queue_depth", queue="llm.routing-probe") == 0
 
 
 RECORD = """
@@ -114,12 +106,9 @@ def test_processes_sharing_a_multiprocess_dir_are_merged(tmp_path, monkeypatch):
             [sys.executable, "-c", RECORD], env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, check=True, timeout=60
         )
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    samples = {}
     from apps.observability.metrics import registry
 
-    for family in registry().collect():
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    assert value(samples, "aip_jobs_total", status="queued") == 2
-    assert value(samples, "aip_cost_usd_total", tenant="acme", model="local-small") == 3.0
-    assert value(samples, "aip_jobs_in_flight", model="local-small") == 0
+    samples = metric_samples(generate_latest(registry()).decode())
+    assert metric_value(samples, "aip_jobs_total", status="queued") == 2
+    assert metric_value(samples, "aip_cost_usd_total", tenant="acme", model="local-small") == 3.0
+    assert metric_value(samples, "aip_jobs_in_flight", model="local-small") == 0

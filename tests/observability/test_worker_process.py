@@ -20,14 +20,22 @@ import httpx
 import pytest
 from django_tenants.utils import tenant_context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from prometheus_client.parser import text_string_to_metric_families
 
 from apps.jobs.models import Job
 from apps.jobs.services import job_enqueue
-from devtools.run import expand, parse_procfile
 from devtools.serve import ThreadedUvicorn
 from tests.conftest import SPANS
-from tests.support import Personas, job_until_final, read_body, wait_for, worker_process_env
+from tests.support import (
+    Personas,
+    Samples,
+    job_until_final,
+    llm_worker_process,
+    metric_samples,
+    metric_value,
+    read_body,
+    wait_for,
+    worker_process_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "the worker must never send this anywhere"
@@ -104,21 +112,11 @@ def _worker(sink: Sink, server: ThreadedUvicorn, tmp_path: Path, **extra: str) -
         WORKER_METRICS_PORT=str(metrics_port),
         **extra,
     )
-    command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
     log_path = tmp_path / "worker.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    try:
+    with llm_worker_process(env, log_path):
         wait_for(lambda: _reachable(metrics_url), timeout=30)
         yield {"sink": sink, "metrics": metrics_url, "log": log_path}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture
@@ -135,18 +133,8 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(url, timeout=5, trust_env=False).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _value(samples: dict, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+def _samples(url: str) -> Samples:
+    return metric_samples(httpx.get(url, timeout=5, trust_env=False).text)
 
 
 def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, committed_personas: Personas):
@@ -172,12 +160,12 @@ def test_the_worker_exports_traces_metrics_logs_and_errors(observed_worker, comm
     # (the worker counts the job just after it is stored as succeeded)
     def counted() -> dict | None:
         now = _samples(observed_worker["metrics"])
-        return now if _value(now, "aip_jobs_total", status="succeeded") else None
+        return now if metric_value(now, "aip_jobs_total", status="succeeded") else None
 
     samples = wait_for(counted)
-    assert _value(samples, "gen_ai_client_token_usage_count", model="pool-probe", gen_ai_token_type="output") == 1
-    assert _value(samples, "aip_cost_usd_total", tenant="acme", model="pool-probe") > 0
-    assert _value(samples, "aip_jobs_total", status="succeeded") == 1
+    assert metric_value(samples, "gen_ai_client_token_usage_count", model="pool-probe", gen_ai_token_type="output") == 1
+    assert metric_value(samples, "aip_cost_usd_total", tenant="acme", model="pool-probe") > 0
+    assert metric_value(samples, "aip_jobs_total", status="succeeded") == 1
     assert ("aip_jobs_in_flight", frozenset({("model", "pool-probe")})) in samples
 
     # An error of ours: Sentry gets it with the job's tags and without the prompt.
