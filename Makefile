@@ -10,14 +10,16 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/base.txt requirements/dev.txt devtools/fetch_tokenizers.py apps/llm/tokenizer_files.py
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/local.txt devtools/install_local.py \
+		devtools/fetch_tokenizers.py apps/llm/tokenizer_files.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m devtools.install_local
 	$(PY) -m devtools.fetch_tokenizers var/tiktoken
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the pinned requirements
+install: $(STAMP) ## Create .venv and install the pinned requirements (the local model's first build takes minutes)
 
 run: $(STAMP) ## Start embedded Postgres+Valkey, migrate, seed the demo, run web, workers, beat, Flower
 	$(PY) -m devtools.run
@@ -45,6 +47,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.ratelimit
 	$(PY) -m bench.cache
 	$(PY) -m bench.semantic
+	$(PY) -m bench.semantic_quality
 	$(PY) -m bench.fallback
 	$(PY) -m bench.observability
 

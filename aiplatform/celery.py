@@ -18,7 +18,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 @worker_ready.connect
 def _warm_up(**kwargs: object) -> None:
-    """Load the tokenizer before the first job instead of during it."""
+    """Load the tokenizer, and import the local embedder's libraries when they
+    are installed, before the first job instead of during it."""
+    from apps.cache.local_embedder import import_runtime
     from apps.llm.tokens import warm_up
 
     warm_up()
+    import_runtime()

@@ -2,8 +2,9 @@
 
 1. Start embedded PostgreSQL (+pgvector) and Valkey under .devdata/ (skipped when
    DATABASE_URL and REDIS_URL are set: those servers are used instead).
-2. Start the local OpenAI-compatible upstream that `local-small` points at (until a
-   real local model is bundled, it is the test upstream: it echoes the prompt).
+2. Start the local model that `local-small` points at: SmolLM2-135M-Instruct on
+   llama.cpp's OpenAI-compatible server (devtools/local_model.py). Without
+   requirements/local.txt installed, the test upstream (it echoes the prompt).
 3. migrate_schemas, seed the demo (tenant, user, API key: printed once).
 4. Start every Procfile process (one LLM worker per enabled model queue) and print
    the URLs and a ready-to-paste curl. Ctrl-C stops them; `make stop` stops the
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from devtools import embedded
+from devtools import embedded, local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DATADIR = ROOT / ".devdata"
@@ -179,12 +181,22 @@ def main(argv: list[str] | None = None) -> int:
 
     supervisor = Supervisor()
     local_base_url = f"http://127.0.0.1:{UPSTREAM_PORT}/v1"
+    local_kind = "already running (port in use)"
     if not port_open(UPSTREAM_PORT):
-        supervisor.start(
-            "upstream (local-small)",
-            [sys.executable, "-m", "devtools.upstream", "--port", str(UPSTREAM_PORT)],
-            env,
-        )
+        try:
+            argv = local_model.server_argv(port=UPSTREAM_PORT)
+            if not local_model.server_available():
+                raise local_model.LocalModelMissing("llama-cpp-python is not installed")
+            supervisor.start("local-small (llama.cpp)", argv, env)
+            local_kind = "SmolLM2-135M-Instruct on llama.cpp"
+        except local_model.LocalModelMissing as exc:
+            print(f"No local model ({exc}); local-small gets the test upstream, which echoes prompts.")
+            supervisor.start(
+                "upstream (local-small)",
+                [sys.executable, "-m", "devtools.upstream", "--port", str(UPSTREAM_PORT)],
+                env,
+            )
+            local_kind = "the test upstream (it echoes your prompt)"
 
     print("Migrating schemas...")
     manage("migrate_schemas", "--noinput", "-v", "0", env=env)
@@ -227,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + 60
     while not port_open(web_port) and time.monotonic() < deadline:
         time.sleep(0.2)
-    banner(env, web_port, models, demo_key, local_base_url, worker_metrics)
+    try:
+        local_model.wait_ready(local_base_url, timeout=60)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"local-small is not answering yet: {exc}")
+    banner(env, web_port, models, demo_key, local_base_url, local_kind, worker_metrics)
     return supervisor.wait()
 
 
@@ -237,6 +253,7 @@ def banner(
     models: list[str],
     key: str | None,
     local_base_url: str,
+    local_kind: str,
     worker_metrics: dict[str, int],
 ) -> None:
     base = f"http://localhost:{port}"
@@ -256,8 +273,9 @@ def banner(
         + ", ".join(f"{name} http://127.0.0.1:{p}/metrics" for name, p in worker_metrics.items()),
         "  Traces         OTEL_TRACES_EXPORTER=console make run prints spans; set OTEL_EXPORTER_OTLP_ENDPOINT",
         "                 to send them to a collector. Logs: LOG_FORMAT=json for JSON lines.",
-        f"  local-small -> {local_base_url}: the built-in test upstream (it echoes your prompt;",
-        "                 point the model at a real server in the operator admin).",
+        f"  local-small -> {local_base_url}: {local_kind}",
+        "                 (point a model at OpenAI or vLLM in the operator admin's catalog).",
+        "  Semantic cache on for the demo tenant, with the local CPU embedder (all-MiniLM-L6-v2).",
     ]
     if key is None:
         lines += [
@@ -266,14 +284,27 @@ def banner(
             "  .venv/bin/python manage.py create_api_key --tenant demo --email demo@demo.test",
             "then: export AIP_API_KEY=aip_...",
         ]
+
+    def post(path: str, body: dict[str, object], stream: bool = False) -> list[str]:
+        return [
+            f'  curl -s{"N" if stream else ""} {base}{path} -H "Authorization: Bearer {key_text}" \\',
+            "    -H 'Content-Type: application/json' \\",
+            f"    -d '{json.dumps(body)}'",
+        ]
+
+    def ask(content: str, **extra: object) -> dict[str, object]:
+        return {"model": "local-small", **extra, "messages": [{"role": "user", "content": content}]}
+
     lines += [
         "",
-        "Try it:",
-        f'  curl -s {base}/api/v1/jobs -H "Authorization: Bearer {key_text}" \\',
-        "    -H 'Content-Type: application/json' \\",
-        '    -d \'{"model": "local-small", "messages": [{"role": "user", "content": "Hello!"}]}\'',
+        "Try it (a job, answered by the local model; then its result, and its tokens as server-sent events):",
+        *post("/api/v1/jobs", ask("What is the capital of France?")),
         f'  curl -s {base}/api/v1/jobs/<id> -H "Authorization: Bearer {key_text}"',
         f'  curl -sN {base}/api/v1/jobs/<id>/events -H "Authorization: Bearer {key_text}"',
+        "Tokens as they are generated, through the OpenAI-compatible API:",
+        *post("/v1/chat/completions", ask("Tell me a story.", stream=True), stream=True),
+        'A paraphrase of the first question, answered from the semantic cache ("cached": "semantic"):',
+        *post("/api/v1/jobs", ask("Which city is the capital of France?")),
         "",
         "Ctrl-C stops the processes; `make stop` stops the embedded Postgres and Valkey.",
         "",

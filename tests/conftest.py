@@ -117,6 +117,17 @@ def upstream() -> Iterator[UpstreamServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def local_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bundled local model (SmolLM2-135M-Instruct on llama.cpp's server, as
+    `make run` starts it) on a free port: its base_url. Loading takes about a second."""
+    from devtools import local_model as bundled
+
+    log = tmp_path_factory.mktemp("local-model") / "server.log"
+    with bundled.running(log=log) as base_url:
+        yield base_url
+
+
 @pytest.fixture(autouse=True)
 def _fresh_upstream_and_caches(request: pytest.FixtureRequest) -> Iterator[None]:
     SPANS.clear()

@@ -184,6 +184,8 @@ FALLBACK_POLICY_CACHE_SECONDS = env_int("FALLBACK_POLICY_CACHE_SECONDS", 5, mini
 # worker waits for the embedder before calling the model without the cache.
 SEMANTIC_EF_SEARCH = env_int("SEMANTIC_EF_SEARCH", 100, minimum=1)
 EMBEDDER_TIMEOUT_SECONDS = env_int("EMBEDDER_TIMEOUT_SECONDS", 10, minimum=1)
+# Threads onnxruntime uses per embedding with the built-in CPU embedder (per process).
+LOCAL_EMBEDDER_THREADS = env_int("LOCAL_EMBEDDER_THREADS", 1, minimum=1)
 
 # Where `make install` puts tiktoken's o200k_base ranks (devtools/fetch_tokenizers.py).
 TOKENIZER_DIR = env_str("TOKENIZER_DIR", str(BASE_DIR / "var" / "tiktoken"))

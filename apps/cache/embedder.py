@@ -1,8 +1,10 @@
 """Embeddings for the semantic cache, behind one small interface.
 
-`Embedder.embed(texts)` returns one vector per text. The backend here speaks
-OpenAI's `/v1/embeddings` (OpenAI, vLLM, Ollama, TEI, llama.cpp), configured per
-tenant in its cache policy; a local CPU backend can implement the same protocol.
+`Embedder.embed(texts)` returns one vector per text. Two backends, chosen per
+tenant in its cache policy: `OpenAICompatibleEmbedder` speaks OpenAI's
+`/v1/embeddings` (OpenAI, vLLM, Ollama, TEI, llama.cpp), and `LocalEmbedder`
+(local_embedder.py) runs all-MiniLM-L6-v2 on this machine's CPU. `name` tells
+embedders apart: vectors from two embedders are never compared.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ class EmbedderError(Exception):
     """The embedder could not answer (unreachable, misconfigured, wrong size)."""
 
 
+class PromptTooLong(EmbedderError):
+    """The text is longer than the embedder reads: it is not matched (a cut
+    prompt would look like every prompt that shares its beginning)."""
+
+
 class Embedder(Protocol):
     @property
     def dimensions(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -35,6 +45,10 @@ class OpenAICompatibleEmbedder:
     model: str
     dimensions: int
     api_key_env: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.base_url}|{self.model}|{self.dimensions}"
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else NO_KEY

@@ -26,11 +26,16 @@ from typing import Any
 
 from django.conf import settings
 
-from apps.controls.models import CachePolicy
+from apps.controls.models import CachePolicy, EmbedderBackend
 from apps.core.errors import InvalidRequest
 from apps.core.ttlcache import TTLCache
 
-from .embedder import OpenAICompatibleEmbedder
+from . import local_embedder
+from .embedder import Embedder, OpenAICompatibleEmbedder
+
+# The threshold for an API embedder when the policy leaves it blank (the local
+# embedder's is measured: local_embedder.DEFAULT_THRESHOLD).
+API_EMBEDDER_THRESHOLD = 0.95
 
 
 class CacheMode(StrEnum):
@@ -45,10 +50,10 @@ class Policy:
     exact_ttl_seconds: int
     cache_all_requests: bool
     semantic_enabled: bool = False
-    semantic_threshold: float = 0.95
+    semantic_threshold: float = API_EMBEDDER_THRESHOLD
     semantic_ttl_seconds: int = 7 * 24 * 3600
     semantic_max_entries: int = 10_000
-    embedder: OpenAICompatibleEmbedder | None = None  # None: no embedder configured
+    embedder: Embedder | None = None  # None: no embedder configured
 
 
 _policies: TTLCache[Policy] = TTLCache()
@@ -62,8 +67,12 @@ def policy_for(tenant_schema: str) -> Policy:
         row = CachePolicy.objects.filter(tenant__schema_name=tenant_schema).first()
         if row is None:
             return Policy(settings.CACHE_DEFAULT_TTL_SECONDS, False)
-        embedder = None
-        if row.embedder_base_url and row.embedder_model:
+        embedder: Embedder | None = None
+        default_threshold = API_EMBEDDER_THRESHOLD
+        if row.embedder_backend == EmbedderBackend.LOCAL:
+            embedder = local_embedder.LocalEmbedder()
+            default_threshold = local_embedder.DEFAULT_THRESHOLD
+        elif row.embedder_base_url and row.embedder_model:
             embedder = OpenAICompatibleEmbedder(
                 base_url=row.embedder_base_url,
                 model=row.embedder_model,
@@ -74,7 +83,7 @@ def policy_for(tenant_schema: str) -> Policy:
             exact_ttl_seconds=row.exact_ttl_seconds,
             cache_all_requests=row.cache_all_requests,
             semantic_enabled=row.semantic_enabled and embedder is not None,
-            semantic_threshold=row.semantic_threshold,
+            semantic_threshold=default_threshold if row.semantic_threshold is None else row.semantic_threshold,
             semantic_ttl_seconds=row.semantic_ttl_seconds,
             semantic_max_entries=row.semantic_max_entries,
             embedder=embedder,

@@ -1,15 +1,17 @@
 """The semantic cache: answers reused for paraphrases, in the tenant's schema.
 
 An entry is keyed by its model and partition (a hash of the conversation before
-the last user message, the system prompt included, and the sampling parameters:
-a paraphrase matches only in the same context) and holds the embedding of the
-normalized last user message. A lookup embeds the new message and asks the
-partition's nearest neighbour through the HNSW index for its vector size, with
-`hnsw.ef_search` raised and pgvector 0.8's iterative scan on (the partition is
-a filter HNSW applies after the scan), both `SET LOCAL` in the lookup's
-transaction so pooled connections do not keep them. A neighbour at or above the
-tenant's threshold is a hit. Entries expire (TTL) and are capped per tenant
-(`semantic_evict`, least recently hit first).
+the last user message, the system prompt included, the sampling parameters and
+the embedder: a paraphrase matches only in the same context, and vectors of two
+embedders are never compared) and holds the embedding of the normalized last
+user message. A lookup embeds the new message and asks the partition's nearest
+neighbours through the HNSW index for its vector size, with `hnsw.ef_search`
+raised and pgvector 0.8's iterative scan on (the partition is a filter HNSW
+applies after the scan), both `SET LOCAL` in the lookup's transaction so pooled
+connections do not keep them. The closest neighbour at or above the tenant's
+threshold that also agrees with the new prompt on numbers, negation, opposites
+and languages (guard.py) is a hit. Entries expire (TTL) and are capped per
+tenant (`semantic_evict`, least recently hit first).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from django.utils import timezone
 
 from apps.llm.tokens import message_text
 
-from .embedder import Embedder, EmbedderError
+from .embedder import Embedder, EmbedderError, PromptTooLong
 from .exact import CachedAnswer
+from .guard import compatible
 from .models import DIMENSIONS, SemanticEntry
 from .policy import Policy
 
@@ -51,15 +54,18 @@ class SemanticKey:
     prompt: str  # the last user message, normalized
 
 
-def semantic_key(*, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> SemanticKey | None:
-    """None when the request has no user message to match on."""
+def semantic_key(
+    *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], embedder: str
+) -> SemanticKey | None:
+    """None when the request has no user message to match on. The partition
+    names the embedder too: vectors of two embedders are not comparable."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last is None:
         return None
     prompt = normalize(message_text(messages[last].get("content")))
     if not prompt:
         return None
-    context = {"before": messages[:last], "after": messages[last + 1 :], "params": params}
+    context = {"before": messages[:last], "after": messages[last + 1 :], "params": params, "embedder": embedder}
     canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return SemanticKey(model, hashlib.sha256(canonical.encode()).hexdigest(), prompt)
 
@@ -84,8 +90,20 @@ class SemanticLookup:
     elapsed_ms: float
 
 
+# Neighbours a lookup considers: the nearest one that the guard refuses does not
+# hide a slightly farther one that agrees on the details.
+CANDIDATES = 5
+
+
 def nearest(*, key: SemanticKey, vector: Sequence[float]) -> tuple[int, float] | None:
     """The partition's nearest live entry and its cosine similarity (index scan)."""
+    found = neighbours(key=key, vector=vector, limit=1)
+    return (found[0][0], found[0][1]) if found else None
+
+
+def neighbours(*, key: SemanticKey, vector: Sequence[float], limit: int) -> list[tuple[int, float, str]]:
+    """The partition's nearest live entries, closest first: id, cosine similarity
+    and the prompt stored with it (index scan)."""
     dims = len(vector)
     if dims not in DIMENSIONS:
         raise EmbedderError(f"vectors of size {dims} cannot be indexed (sizes: {DIMENSIONS})")
@@ -93,9 +111,10 @@ def nearest(*, key: SemanticKey, vector: Sequence[float]) -> tuple[int, float] |
     # `dims` is one of DIMENSIONS (an int we checked), written into the SQL so the
     # planner can match the partial index on it.
     sql = (
-        f"SELECT id, 1 - ((embedding::vector({dims})) <=> %s::vector({dims})) FROM answer_cache_semanticentry"
+        f"SELECT id, 1 - ((embedding::vector({dims})) <=> %s::vector({dims})), prompt"
+        f" FROM answer_cache_semanticentry"
         f" WHERE dimensions = {dims} AND model = %s AND partition = %s AND expires_at > now()"
-        f" ORDER BY (embedding::vector({dims})) <=> %s::vector({dims}) LIMIT 1"
+        f" ORDER BY (embedding::vector({dims})) <=> %s::vector({dims}) LIMIT %s"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         # Both settings in one round trip; `true`: local to this transaction.
@@ -103,33 +122,43 @@ def nearest(*, key: SemanticKey, vector: Sequence[float]) -> tuple[int, float] |
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
             [str(settings.SEMANTIC_EF_SEARCH)],
         )
-        cursor.execute(sql, [literal, key.model, key.partition, literal])
-        row = cursor.fetchone()
-    return (int(row[0]), float(row[1])) if row else None
+        cursor.execute(sql, [literal, key.model, key.partition, literal, limit])
+        rows = cursor.fetchall()
+    return [(int(row[0]), float(row[1]), str(row[2])) for row in rows]
 
 
 def semantic_lookup(
     *, policy: Policy, embedder: Embedder, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
 ) -> SemanticLookup | None:
     """Embed the request's last user message and look for a paraphrase's answer
-    (in the current tenant schema). None when the request cannot be matched.
+    (in the current tenant schema). None when the request cannot be matched
+    (no user message, or one longer than the embedder reads).
     Raises EmbedderError when the embedder fails."""
-    key = semantic_key(model=model, messages=messages, params=params)
+    key = semantic_key(model=model, messages=messages, params=params, embedder=embedder.name)
     if key is None:
         return None
     started = time.perf_counter()
-    vector = embedder.embed([key.prompt])[0]
-    found = nearest(key=key, vector=vector)
+    try:
+        vector = embedder.embed([key.prompt])[0]
+    except PromptTooLong:
+        return None
+    found = neighbours(key=key, vector=vector, limit=CANDIDATES)
     hit = None
-    if found is not None and found[1] >= policy.semantic_threshold:
-        entry_id, similarity = found
+    # The closest entry at or above the threshold that agrees on the details an
+    # embedding glosses over (numbers, negation, opposites, languages).
+    match = next(
+        (c for c in found if c[1] >= policy.semantic_threshold and compatible(c[2], key.prompt)),
+        None,
+    )
+    if match is not None:
+        entry_id, similarity, _ = match
         now = timezone.now()
         SemanticEntry.objects.filter(pk=entry_id).update(hit_count=F("hit_count") + 1, last_hit_at=now)
         entry = SemanticEntry.objects.filter(pk=entry_id).first()
         if entry is not None:
             hit = SemanticHit(entry_id, similarity, _answer(entry))
     elapsed = (time.perf_counter() - started) * 1000
-    return SemanticLookup(key, vector, hit, found[1] if found else None, elapsed)
+    return SemanticLookup(key, vector, hit, found[0][1] if found else None, elapsed)
 
 
 def _answer(entry: SemanticEntry) -> CachedAnswer:

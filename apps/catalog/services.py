@@ -10,8 +10,9 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
     Returns the slugs it created."""
     defaults = [
         {
+            # SmolLM2-135M-Instruct on llama.cpp's server (devtools/local_model.py).
             "slug": "local-small",
-            "provider": Provider.OTHER,
+            "provider": Provider.LLAMA_CPP,
             "base_url": local_base_url,
             "api_key_env": "",
             "context_window": 8192,

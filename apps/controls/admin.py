@@ -101,7 +101,14 @@ class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
 
 @admin.register(CachePolicy, site=operator_site)
 class CachePolicyAdmin(admin.ModelAdmin[CachePolicy]):
-    list_display = ("tenant", "exact_ttl_seconds", "cache_all_requests", "semantic_enabled", "semantic_threshold")
+    list_display = (
+        "tenant",
+        "exact_ttl_seconds",
+        "cache_all_requests",
+        "semantic_enabled",
+        "embedder_backend",
+        "semantic_threshold",
+    )
     search_fields = ("tenant__name", "tenant__schema_name")
 
 

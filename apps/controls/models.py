@@ -177,6 +177,11 @@ class RateLimit(models.Model):
         return f"{self.tier or self.tenant}: {self.tokens_per_minute} tokens/min"
 
 
+class EmbedderBackend(models.TextChoices):
+    API = "api", "OpenAI-compatible API"
+    LOCAL = "local", "Local CPU (all-MiniLM-L6-v2)"
+
+
 class CachePolicy(models.Model):
     """How a tenant's answers are cached (absent: deterministic requests only, for
     CACHE_DEFAULT_TTL_SECONDS). Requests may still choose per call (`cache.mode`)."""
@@ -197,9 +202,11 @@ class CachePolicy(models.Model):
         default=False, help_text="Answer paraphrases of earlier requests from the semantic cache."
     )
     semantic_threshold = models.FloatField(
-        default=0.95,
+        null=True,
+        blank=True,
         validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
-        help_text="Cosine similarity at or above which a cached answer is reused.",
+        help_text="Cosine similarity at or above which a cached answer is reused"
+        " (blank: the embedder's measured default, 0.95 for an API embedder).",
     )
     semantic_ttl_seconds = models.PositiveIntegerField(
         default=7 * 24 * 3600, validators=[MinValueValidator(60)], help_text="How long a semantic entry is kept."
@@ -208,6 +215,12 @@ class CachePolicy(models.Model):
         default=10_000,
         validators=[MinValueValidator(1)],
         help_text="Most entries kept; the least recently hit go first.",
+    )
+    embedder_backend = models.CharField(
+        max_length=16,
+        choices=EmbedderBackend.choices,
+        default=EmbedderBackend.API,
+        help_text="Local: all-MiniLM-L6-v2 on the workers' CPU (384 dimensions; needs requirements/local.txt).",
     )
     embedder_base_url = models.URLField(
         max_length=500,
@@ -238,7 +251,10 @@ class CachePolicy(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        if self.semantic_enabled and not (self.embedder_base_url and self.embedder_model):
+        if self.embedder_backend == EmbedderBackend.LOCAL:
+            if self.embedder_dimensions != 384:
+                raise ValidationError({"embedder_dimensions": "The local embedder makes 384-dimension vectors."})
+        elif self.semantic_enabled and not (self.embedder_base_url and self.embedder_model):
             raise ValidationError("The semantic cache needs an embedder: its base URL and model.")
 
 

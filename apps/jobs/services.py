@@ -23,7 +23,7 @@ from apps.accounts.selectors import Principal
 from apps.billing.budgets import budget_after_charge, budget_release, budget_reserve, budget_settle
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, ledger_cached, ledger_record, worst_case_cost
-from apps.cache.embedder import EmbedderError
+from apps.cache.embedder import EmbedderError, PromptTooLong
 from apps.cache.exact import CachedAnswer, exact_get, exact_put, flight_join, flight_land
 from apps.cache.policy import CacheMode, CachePlan, cache_plan, policy_for
 from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
@@ -850,13 +850,15 @@ def _semantic_write(*, job: Job, lookup: SemanticLookup | None, answer: CachedAn
         return
     try:
         if lookup is None:  # `refresh`: nothing was looked up
-            key = semantic_key(model=job.model, messages=job.messages, params=job.params)
+            key = semantic_key(model=job.model, messages=job.messages, params=job.params, embedder=policy.embedder.name)
             if key is None:
                 return
             vector = policy.embedder.embed([key.prompt])[0]
         else:
             key, vector = lookup.key, lookup.vector
         semantic_store(policy=policy, key=key, vector=vector, answer=answer)
+    except PromptTooLong:
+        return
     except (EmbedderError, DatabaseError) as exc:
         logger.warning("semantic cache write skipped for job %s: %s", job.pk, exc)
 

@@ -96,3 +96,35 @@ def test_gevent_worker_runs_many_streaming_jobs_at_once_and_every_listener_gets_
     # One worker process held many provider streams at once (a thread pool of 4, or
     # a pool that ran calls one by one, could not).
     assert stats["max_chat_in_flight"] >= 10
+
+
+def test_gevent_worker_answers_paraphrases_with_the_local_embedder_while_other_jobs_stream(
+    platform_server, gevent_worker, committed_personas: Personas, upstream
+):
+    """The local embedder runs in the hub's thread pool: lookups in a gevent
+    worker answer paraphrases from the cache while other jobs stream."""
+    from apps.controls.models import CachePolicy, EmbedderBackend
+
+    alice = committed_personas.alice
+    CachePolicy.objects.create(tenant=alice.tenant, semantic_enabled=True, embedder_backend=EmbedderBackend.LOCAL)
+    upstream.configure(chunk_delay_ms=40)
+
+    def body(content: str) -> dict[str, Any]:
+        return {"model": "pool-probe", "messages": [{"role": "user", "content": content}]}
+
+    with http_client(platform_server, alice.key) as client:
+        first = client.post("/api/v1/jobs", json=body("What is the capital of France?")).json()["id"]
+        assert job_until_final(client, first, timeout=60)["status"] == "succeeded"
+        others = [
+            client.post("/api/v1/jobs", json=body(f"story {i} about a b c d e f")).json()["id"] for i in range(10)
+        ]
+        paraphrases = [
+            client.post("/api/v1/jobs", json=body(text)).json()["id"]
+            for text in ("Which city is the capital of France?", "France: what is its capital?") * 3
+        ]
+        answered = [job_until_final(client, job_id, timeout=60) for job_id in paraphrases]
+        streamed = [job_until_final(client, job_id, timeout=60) for job_id in others]
+    assert [job["cached"] for job in answered] == ["semantic"] * 6
+    assert {job["output"] for job in answered} == {"Echo: What is the capital of France?"}
+    assert [(job["status"], job["cached"]) for job in streamed] == [("succeeded", None)] * 10
+    assert upstream.stats()["chat_per_model"]["pool-probe"] == 11

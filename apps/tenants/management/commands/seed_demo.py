@@ -10,6 +10,7 @@ from django_tenants.utils import tenant_context
 from apps.accounts.models import ApiKey, Tier
 from apps.accounts.services import api_key_create, user_get_or_create
 from apps.catalog.services import catalog_seed_defaults
+from apps.controls.models import CachePolicy, EmbedderBackend
 from apps.tenants.models import Tenant
 from apps.tenants.services import public_tenant_ensure, tenant_create
 
@@ -18,7 +19,10 @@ DEMO_EMAIL = "demo@demo.test"
 
 
 class Command(BaseCommand):
-    help = "Idempotently seed the demo: public domain, catalog, a demo tenant, its user and an API key."
+    help = (
+        "Idempotently seed the demo: public domain, catalog, a demo tenant (its semantic cache on, with the"
+        " local embedder), its user and an API key."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--local-base-url", default="http://127.0.0.1:9100/v1", help="base_url for local-small")
@@ -38,6 +42,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Created tenant {DEMO_SCHEMA} (admin at http://demo.{settings.PUBLIC_DOMAIN}:8000/admin/)"
             )
+        _, created = CachePolicy.objects.get_or_create(
+            tenant=tenant,
+            defaults={"semantic_enabled": True, "embedder_backend": EmbedderBackend.LOCAL},
+        )
+        if created:
+            self.stdout.write("Demo tenant: semantic cache on, with the local CPU embedder")
         with tenant_context(tenant):
             self._ensure_admin("demo tenant")
             user, _ = user_get_or_create(email=DEMO_EMAIL, tier=Tier.PREMIUM)
