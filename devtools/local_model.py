@@ -79,6 +79,8 @@ def server_argv(*, port: int, host: str = "127.0.0.1", threads: int | None = Non
         str(CONTEXT_TOKENS),
         "--interrupt_requests",
         "False",
+        "--verbose",
+        "False",
     ]
 
 

@@ -1,7 +1,7 @@
 """Fake OpenAI-compatible LLM provider: a raw ASGI app served by uvicorn.
 
 Used by the test suite as the upstream provider (tests never reach the internet)
-and by ``make run`` as the default provider until a real local model lands.
+and by ``make run`` for `local-small` when the local model (requirements/local.txt) is not installed.
 
 API routes (answered with and without the ``/v1`` prefix):
 
