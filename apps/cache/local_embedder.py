@@ -115,8 +115,18 @@ class _Runtime:
         return result
 
 
+def _native_lock() -> Any:
+    """An OS lock even under gevent's monkey-patching: the model is loaded in the
+    hub's thread pool, where a patched (greenlet) lock would not hold."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return threading.Lock()
+    return monkey.get_original("_thread", "allocate_lock")()
+
+
 _runtime: _Runtime | None = None
-_runtime_lock = threading.Lock()
+_runtime_lock = _native_lock()
 
 
 def _load() -> _Runtime:
