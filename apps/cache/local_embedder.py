@@ -51,6 +51,7 @@ _TOKENIZER = (
     "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
     "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
 )
+_SOURCES = (("LOCAL_EMBEDDER_MODEL_PATH", _MODEL), ("LOCAL_EMBEDDER_TOKENIZER_PATH", _TOKENIZER))
 
 
 def _package_file(package: str, relative: str) -> Path | None:
@@ -60,10 +61,22 @@ def _package_file(package: str, relative: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
+def available() -> bool:
+    """Whether this deployment can run the local embedder (its libraries and files
+    are installed; the digests are checked when it loads)."""
+    libraries = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", "numpy"))
+    return libraries and all(_path(*source) is not None for source in _SOURCES)
+
+
+def _path(env_var: str, artifact: tuple[str, str, str]) -> Path | None:
+    path = Path(os.environ[env_var]) if os.environ.get(env_var) else _package_file(artifact[0], artifact[1])
+    return path if path is not None and path.is_file() else None
+
+
 def _verified(env_var: str, artifact: tuple[str, str, str]) -> Path:
     package, relative, digest = artifact
-    path = Path(os.environ[env_var]) if os.environ.get(env_var) else _package_file(package, relative)
-    if path is None or not path.is_file():
+    path = _path(env_var, artifact)
+    if path is None:
         raise EmbedderError(
             f"the local embedder's {Path(relative).name} is missing: install requirements/local.txt"
             f" (package {package}) or set {env_var}"

@@ -252,6 +252,12 @@ class CachePolicy(models.Model):
         from django.core.exceptions import ValidationError
 
         if self.embedder_backend == EmbedderBackend.LOCAL:
+            from apps.cache.local_embedder import available
+
+            if not available():
+                raise ValidationError(
+                    {"embedder_backend": "The local embedder is not installed here (requirements/local.txt)."}
+                )
             if self.embedder_dimensions != 384:
                 raise ValidationError({"embedder_dimensions": "The local embedder makes 384-dimension vectors."})
         elif self.semantic_enabled and not (self.embedder_base_url and self.embedder_model):

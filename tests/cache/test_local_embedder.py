@@ -145,3 +145,14 @@ def test_the_local_embedder_makes_384_dimension_vectors_only(personas: Personas)
     with pytest.raises(ValidationError) as excinfo:
         row.full_clean()
     assert "embedder_dimensions" in excinfo.value.message_dict
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_the_local_embedder_where_it_is_not_installed(
+    personas: Personas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("LOCAL_EMBEDDER_MODEL_PATH", str(tmp_path / "absent.onnx"))
+    row = CachePolicy(tenant=personas.alice.tenant, embedder_backend=EmbedderBackend.LOCAL, semantic_enabled=True)
+    with pytest.raises(ValidationError) as excinfo:
+        row.full_clean()
+    assert "not installed" in excinfo.value.message_dict["embedder_backend"][0]
