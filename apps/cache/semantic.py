@@ -146,10 +146,14 @@ def semantic_lookup(
     hit = None
     # The closest entry at or above the threshold that agrees on the details an
     # embedding glosses over (numbers, negation, opposites, languages).
-    match = next(
-        (c for c in found if c[1] >= policy.semantic_threshold and compatible(c[2], key.prompt)),
-        None,
-    )
+    close = [c for c in found if c[1] >= policy.semantic_threshold]
+    match = next((c for c in close if compatible(c[2], key.prompt)), None)
+    if match is None and close:
+        logger.info(
+            "semantic cache: %d entries at or above the threshold differ in a detail (closest %.4f)",
+            len(close),
+            close[0][1],
+        )
     if match is not None:
         entry_id, similarity, _ = match
         now = timezone.now()

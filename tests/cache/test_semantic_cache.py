@@ -143,3 +143,20 @@ def test_entries_are_bounded_by_ttl_and_count(worker, committed_personas: Person
         kept = sorted(SemanticEntry.objects.values_list("prompt", flat=True))
     assert len(kept) == 3
     assert "question number 0" in kept and "question number 1" not in kept
+
+
+def test_an_identical_embedding_that_differs_in_a_number_is_not_reused(worker, committed_personas: Personas, upstream):
+    """The guard sits in the lookup: even a similarity of 1 is refused when the
+    prompts' numbers differ; the entry that agrees is still found."""
+    alice = committed_personas.alice
+    _policy(alice.tenant, upstream)
+    # Both prompts get the very same vector from the embedder.
+    upstream.configure(embedding_aliases={"what is 2+3?": "what is 2+2?", "what's 2+2?": "what is 2+2?"})
+    client = alice.client()
+    first = _ask(client, "What is 2+2?")
+    other = _ask(client, "What is 2+3?")
+    assert other["cached"] is None and other["output"] != first["output"]
+    assert _calls(upstream) == 2
+    same = _ask(client, "What's 2+2?")
+    assert same["cached"] == "semantic" and same["output"] == first["output"]
+    assert _calls(upstream) == 2
