@@ -165,7 +165,8 @@ class Details:
 
 @lru_cache(maxsize=4096)
 def details(text: str) -> Details:
-    tokens = _WORD.findall(text.lower())
+    # A typographic apostrophe (U+2019, as phones type it) reads as the keyboard's.
+    tokens = _WORD.findall(text.lower().replace("\u2019", "'"))
     numbers, words, negated = [], set(), False
     for token in tokens:
         if token[0].isdigit():
@@ -199,11 +200,8 @@ def _opposed(one: frozenset[str], other: frozenset[str]) -> bool:
     for a, b in _OPPOSITES:
         if (a in only_one and b in only_other) or (b in only_one and a in only_other):
             return True
-    # "safe" / "unsafe", "enable" / "disable": one stem, prefixes that differ.
-    stems_other: dict[str, str] = {}
-    for word in only_other:
-        for stem in _stems(word):
-            stems_other[stem] = word
+    # "safe" / "unsafe", "like" / "dislike": one stem, a negative prefix on one side.
+    stems_other = {stem for word in only_other for stem in _stems(word)}
     return any(stem in stems_other for word in only_one for stem in _stems(word))
 
 

@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,13 +141,25 @@ def _native_lock() -> Any:
 
 _runtime: _Runtime | None = None
 _runtime_lock = _native_lock()
+# A failed load (missing or wrong files) is not retried for this long: every
+# lookup meanwhile fails fast with the same error instead of hashing the model again.
+RETRY_LOAD_SECONDS = 60.0
+_failed: tuple[float, EmbedderError] | None = None
 
 
 def _load() -> _Runtime:
-    global _runtime
+    global _runtime, _failed
     with _runtime_lock:
-        if _runtime is None:
+        if _runtime is not None:
+            return _runtime
+        if _failed is not None and time.monotonic() - _failed[0] < RETRY_LOAD_SECONDS:
+            raise _failed[1]
+        try:
             _runtime = _Runtime()
+        except EmbedderError as exc:
+            _failed = (time.monotonic(), exc)
+            raise
+        _failed = None
         return _runtime
 
 

@@ -82,6 +82,7 @@ def test_model_files_are_checked_against_their_digests(tmp_path: Path, monkeypat
         ("what is 2+2?", "what is 2+3?"),
         ("convert five miles to km", "convert 8 miles to km"),
         ("reasons to learn rust", "reasons not to learn rust"),
+        ("why do cats purr?", "why don\u2019t cats purr?"),
         ("which foods are good for dogs?", "which foods are bad for dogs?"),
         ("is it safe to eat raw dough?", "is it unsafe to eat raw dough?"),
         ("how do i enable two-factor login?", "how do i disable two-factor login?"),
@@ -156,3 +157,18 @@ def test_the_admin_refuses_the_local_embedder_where_it_is_not_installed(
     with pytest.raises(ValidationError) as excinfo:
         row.full_clean()
     assert "not installed" in excinfo.value.message_dict["embedder_backend"][0]
+
+
+def test_a_failed_load_fails_fast_until_it_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(local_embedder, "_runtime", None)
+    monkeypatch.setattr(local_embedder, "_failed", None)
+    monkeypatch.setenv("LOCAL_EMBEDDER_MODEL_PATH", str(tmp_path / "absent.onnx"))
+    with pytest.raises(EmbedderError, match="missing"):
+        EMBEDDER.embed(["hello"])
+    monkeypatch.delenv("LOCAL_EMBEDDER_MODEL_PATH")
+    # The files are back, but the failure stands for RETRY_LOAD_SECONDS...
+    with pytest.raises(EmbedderError, match="missing"):
+        EMBEDDER.embed(["hello"])
+    # ...and once that has passed, the next embedding loads the model.
+    monkeypatch.setattr(local_embedder, "RETRY_LOAD_SECONDS", 0.0)
+    assert len(EMBEDDER.embed(["hello"])[0]) == 384
