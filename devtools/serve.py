@@ -1,12 +1,24 @@
 """Serve an ASGI app with uvicorn in a daemon thread on a loopback port: the test
-upstream uses it, and tests use it to run the platform's own ASGI app for real."""
+upstream uses it, and tests use it to run the platform's own ASGI app for real.
+`stop_process` ends a server (or worker) started as a subprocess."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class ThreadedUvicorn:

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 
 from apps.tenants.models import Tenant
 from devtools.run import expand, parse_procfile
-from devtools.serve import ThreadedUvicorn
+from devtools.serve import ThreadedUvicorn, stop_process
 
 
 @dataclass
@@ -134,11 +134,7 @@ def llm_worker_process(env: dict[str, str], log_path: Path) -> Iterator[subproce
         try:
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, timeout=30)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
