@@ -27,8 +27,11 @@ API_KEY_PEPPER = env_str("API_KEY_PEPPER")
 
 # --- Apps: django-tenants splits them into the public schema and each tenant's schema.
 SHARED_APPS = [
-    "django_tenants",
+    # Before django_tenants: Django gives a command name to the first app that has
+    # it, and django_tenants ships a `create_tenant` of its own that would shadow
+    # ours (the README's `manage.py create_tenant --schema ... --domain ...`).
     "apps.tenants",
+    "django_tenants",
     "apps.catalog",
     "apps.controls",
     "apps.flags",
