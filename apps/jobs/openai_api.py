@@ -35,6 +35,7 @@ from apps.billing.services import call_cost, ledger_record
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_check
 from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
+from apps.core.jsonbody import json_loads
 from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
 from apps.llm.tokens import count_text_tokens
@@ -84,7 +85,11 @@ def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
         body["max_tokens"] = body.pop("max_completion_tokens")
     user = body.pop("user", None)
     if user is not None:
-        body["metadata"] = {**(body.get("metadata") or {}), "openai_user": str(user)[:512]}
+        if not isinstance(user, str):
+            raise InvalidRequest("user must be a string.", param="user")
+        metadata = body.get("metadata", {})
+        if isinstance(metadata, dict):  # anything else is refused by the serializer, naming metadata
+            body["metadata"] = {**metadata, "openai_user": user[:512]}
     serializer = JobCreateSerializer(data=body)
     serializer.is_valid(raise_exception=True)
     request = serializer.job_request(stream=stream)
@@ -96,10 +101,7 @@ def _authenticated_body(header: str, raw_body: bytes) -> tuple[Principal, Any]:
     principal = principal_from_header(header)
     if principal is None:
         raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
-    try:
-        return principal, json.loads(raw_body or b"null")
-    except ValueError as exc:
-        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="parse_error") from exc
+    return principal, json_loads(raw_body or b"null")
 
 
 def _provider_failure_status(*, provider_status: int | None, error_type: str) -> tuple[int, str]:
@@ -386,20 +388,52 @@ def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) ->
         release_connection()
 
 
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of one request
+MAX_EMBEDDING_DIMENSIONS = 8192
+MAX_TOKEN_ID = 2**31 - 1  # every tokenizer's ids fit; anything larger is not a token
+
+
+def _is_token(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_TOKEN_ID  # not bool, which is an int
+
+
+def _embeddings_input_check(value: Any) -> None:
+    """OpenAI's four shapes, and no mixture of them: a string, a list of strings,
+    a list of token ids, a list of lists of token ids; nothing empty."""
+    message = (
+        "input must be a non-empty string, or a non-empty list of non-empty strings, of token ids, or of"
+        f" non-empty lists of token ids (at most {MAX_EMBEDDING_INPUTS} items)."
+    )
+    if isinstance(value, str) and value:
+        return
+    if not isinstance(value, list) or not value or len(value) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(message, param="input")
+    if all(isinstance(item, str) and item for item in value):
+        return
+    if all(_is_token(item) for item in value):
+        return
+    if all(isinstance(item, list) and item and all(_is_token(token) for token in item) for item in value):
+        return
+    raise InvalidRequest(message, param="input")
+
+
 def _embeddings_spec(body: Any) -> tuple[ModelSpec, dict[str, Any]]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
     if unknown:
         raise InvalidRequest(f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter", param=unknown[0])
-    text_input = body.get("input")
-    if not (isinstance(text_input, str) and text_input) and not (
-        isinstance(text_input, list) and text_input and all(isinstance(item, (str, int, list)) for item in text_input)
-    ):
-        raise InvalidRequest("input must be a non-empty string or list.", param="input")
+    _embeddings_input_check(body.get("input"))
     if body.get("encoding_format", "float") not in ("float", "base64"):
         raise InvalidRequest("encoding_format must be float or base64.", param="encoding_format")
-    spec = model_get(str(body.get("model", "")))
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS):
+        raise InvalidRequest(f"dimensions must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}.", param="dimensions")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise InvalidRequest("user must be a string.", param="user")
+    if not isinstance(body.get("model"), str):
+        raise InvalidRequest("model must be a string naming a model.", param="model")
+    spec = model_get(body["model"])
     if spec is None or not spec.enabled:
         raise NotFound(
             f"The model '{body.get('model')}' does not exist or you do not have access to it.",

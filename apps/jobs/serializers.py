@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
@@ -99,6 +100,13 @@ class MetadataField(serializers.DictField):
 
 class WebhookSerializer(StrictSerializer):
     url = serializers.URLField(max_length=2000)
+
+    def validate_url(self, value: str) -> str:
+        try:
+            urlsplit(value).port  # noqa: B018 - raises on a port outside 0-65535
+        except ValueError:
+            raise serializers.ValidationError("The port must be a number from 1 to 65535.", code="invalid") from None
+        return value
 
 
 class CacheOptionSerializer(StrictSerializer):
