@@ -160,6 +160,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.jobs.openapi.add_async_views",  # /v1 chat and embeddings, job events: not DRF views
+    ],
 }
 
 # Redis connections per process pool (the job relay, the broker's commands). A
