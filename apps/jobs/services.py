@@ -34,6 +34,7 @@ from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
 from apps.llm.breaker import breaker_allow, breaker_record
+from apps.llm.content import content_admit
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.observability import metrics
@@ -374,7 +375,11 @@ def _check_size(spec: ModelSpec, request: JobRequest) -> int:
             code="max_tokens_too_large",
             param="max_tokens",
         )
-    input_tokens = count_message_tokens(request.messages, spec.encoding)
+    # Images, audio and files count as nothing to tiktoken: held at a worst case
+    # (and refused when the model cannot take them).
+    input_tokens = count_message_tokens(request.messages, spec.encoding) + content_admit(
+        spec=spec, messages=request.messages
+    )
     needed = input_tokens + (max_tokens or 0)
     if needed > spec.context_window:
         raise PayloadTooLarge(
