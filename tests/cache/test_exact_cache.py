@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
+import pytest
 import redis
 from django.conf import settings
 from django.test import Client
 from django_tenants.utils import tenant_context
 
 from apps.billing.models import LedgerEntry, LedgerKind
-from apps.cache.exact import CachedAnswer, exact_get, exact_put, index_key
+from apps.cache.exact import CachedAnswer, _script, cache_redis, exact_get, exact_put, index_key
 from apps.cache.stats import stats_key
 from apps.controls.models import CachePolicy
 from apps.jobs.models import Job
@@ -261,3 +263,32 @@ def test_metrics_report_the_main_valkeys_memory_and_warn_near_its_limit(committe
     ratio = metric_value(metric_samples(page.content.decode()), "aip_redis_memory_used_ratio", role="main")
     assert 0 < ratio < 1
     assert any(getattr(r, "event", "") == "redis_memory_high" for r in caplog.records)
+
+
+@pytest.fixture
+def cache_role_apart(settings) -> Iterator[redis.Redis]:
+    """CACHE_REDIS_URL names another Valkey database than REDIS_URL: the cache's own role."""
+    main = settings.REDIS_URL
+    settings.CACHE_REDIS_URL = main.rsplit("/", 1)[0] + "/1"
+    cache_redis.cache_clear()
+    _script.cache_clear()
+    store = redis.Redis.from_url(settings.CACHE_REDIS_URL)
+    yield store
+    store.flushdb()
+    settings.CACHE_REDIS_URL = main
+    cache_redis.cache_clear()
+    _script.cache_clear()
+
+
+def test_entries_live_in_the_cache_role_and_counters_in_the_main_one(
+    committed_personas: Personas, cache_role_apart: redis.Redis
+):
+    answer = CachedAnswer("x", "stop", 1, 1, False, "m", "2026-01-01T00:00:00+00:00")
+    exact_put(schema="acme", key="d" * 64, answer=answer, ttl=60, max_entries=10)
+    main = redis.Redis.from_url(settings.REDIS_URL)
+    assert cache_role_apart.exists(f"aip:{{acme}}:cache:exact:{'d' * 64}", index_key("acme")) == 2
+    assert not main.exists(f"aip:{{acme}}:cache:exact:{'d' * 64}")
+    assert exact_get(schema="acme", key="d" * 64) == answer
+    assert main.hget(stats_key("acme"), "exact_hit") == b"1"  # never evicted with the entries
+    page = metric_samples(Client().get("/metrics").content.decode())
+    assert metric_value(page, "aip_redis_memory_used_bytes", role="cache") > 0
