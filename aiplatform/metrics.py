@@ -117,7 +117,11 @@ class RedisMemoryCollector(Collector):
         if settings.CACHE_REDIS_URL != settings.REDIS_URL:
             roles.append(("cache", cache_redis()))
         for role, client in roles:
-            info = client.info("memory")
+            try:
+                info = client.info("memory")
+            except redis.RedisError as exc:  # one role down must not hide the others' series
+                logger.warning("Valkey (%s) memory unreadable for /metrics: %s", role, exc)
+                continue
             used_bytes, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
             used.add_metric([role], used_bytes)
             if limit <= 0:
