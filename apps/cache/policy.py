@@ -14,6 +14,11 @@ The semantic cache (paraphrases, in the worker) applies when the tenant enabled
 it, or the request asked for it (`"semantic": true`) and the tenant has an
 embedder; the same modes govern it, but not determinism: enabling it is the
 tenant's choice to reuse answers.
+
+The policy's scope says who shares an answer: the tenant (the default: its
+users reuse each other's answers) or each user (the exact key and the semantic
+partition name the user, so neither a hit nor `only`'s 404 tells a user
+anything about what a colleague asked).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from apps.controls.models import CachePolicy, EmbedderBackend
+from apps.controls.models import CachePolicy, CacheScope, EmbedderBackend
 from apps.core.errors import InvalidRequest
 from apps.core.ttlcache import TTLCache
 
@@ -54,6 +59,17 @@ class Policy:
     semantic_ttl_seconds: int = 7 * 24 * 3600
     semantic_max_entries: int = 10_000
     embedder: Embedder | None = None  # None: no embedder configured
+    scope: str = CacheScope.TENANT  # who shares an entry: the tenant, or each user
+    exact_max_entries: int = 10_000
+
+    def owner(self, user_id: int | None) -> str:
+        """Whose entries a request reads and writes, within its tenant: "" (the
+        tenant's, shared) or the user's own."""
+        if self.scope == CacheScope.USER:
+            if user_id is None:
+                raise ValueError("a per-user cache scope needs the user")
+            return f"user:{user_id}"
+        return ""
 
 
 _policies: TTLCache[Policy] = TTLCache()
@@ -66,7 +82,7 @@ def policy_for(tenant_schema: str) -> Policy:
     def load() -> Policy:
         row = CachePolicy.objects.filter(tenant__schema_name=tenant_schema).first()
         if row is None:
-            return Policy(settings.CACHE_DEFAULT_TTL_SECONDS, False)
+            return Policy(settings.CACHE_DEFAULT_TTL_SECONDS, False, exact_max_entries=settings.CACHE_EXACT_MAX_ENTRIES)
         embedder: Embedder | None = None
         default_threshold = API_EMBEDDER_THRESHOLD
         if row.embedder_backend == EmbedderBackend.LOCAL:
@@ -87,6 +103,8 @@ def policy_for(tenant_schema: str) -> Policy:
             semantic_ttl_seconds=row.semantic_ttl_seconds,
             semantic_max_entries=row.semantic_max_entries,
             embedder=embedder,
+            scope=row.scope,
+            exact_max_entries=row.exact_max_entries,
         )
 
     return _policies.get_or_load(tenant_schema, settings.CACHE_POLICY_CACHE_SECONDS, load)
@@ -136,11 +154,17 @@ def deterministic(params: dict[str, Any]) -> bool:
     return params.get("temperature") == 0 or params.get("top_p") == 0
 
 
-def exact_hash(*, tenant_schema: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+def exact_hash(
+    *, tenant_schema: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any], owner: str = ""
+) -> str:
     """SHA-256 of the canonical request: the tenant, the model, the messages and
-    every parameter passed to the provider (all of them change the output)."""
+    every parameter passed to the provider (all of them change the output), and
+    the owner when entries are per user (Policy.owner)."""
+    fields: dict[str, Any] = {"tenant": tenant_schema, "model": model, "messages": messages, "params": params}
+    if owner:  # only then: per-tenant keys stay what they were
+        fields["owner"] = owner
     canonical = json.dumps(
-        {"tenant": tenant_schema, "model": model, "messages": messages, "params": params},
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -155,9 +179,10 @@ def cache_plan(
     messages: list[dict[str, Any]],
     params: dict[str, Any],
     option: dict[str, Any] | None,
+    user_id: int,
 ) -> CachePlan:
     """The plan for a request: its `cache` option (None when it sent none)
-    against the tenant's policy."""
+    against the tenant's policy (whose scope may make the key the user's own)."""
     mode = CacheMode((option or {}).get("mode") or CacheMode.USE)
     policy = policy_for(tenant_schema)
     ttl = int((option or {}).get("ttl") or policy.exact_ttl_seconds)
@@ -174,7 +199,12 @@ def cache_plan(
     semantic = (policy.semantic_enabled or asked_semantic) and mode is not CacheMode.ONLY
     lookup, write = mode is not CacheMode.REFRESH, mode is not CacheMode.ONLY
     cacheable = mode is not CacheMode.USE or option is not None or policy.cache_all_requests or deterministic(params)
-    key = exact_hash(tenant_schema=tenant_schema, model=model, messages=messages, params=params) if cacheable else ""
+    owner = policy.owner(user_id)
+    key = (
+        exact_hash(tenant_schema=tenant_schema, model=model, messages=messages, params=params, owner=owner)
+        if cacheable
+        else ""
+    )
     if not key and not semantic:
         return CachePlan(mode, "", lookup=False, write=False, ttl=ttl)
     return CachePlan(mode, key, lookup=lookup, write=write, ttl=ttl, semantic=semantic)

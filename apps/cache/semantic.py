@@ -1,10 +1,12 @@
 """The semantic cache: answers reused for paraphrases, in the tenant's schema.
 
 An entry is keyed by its model and partition (a hash of the conversation before
-the last user message, the system prompt included, the sampling parameters and
-the embedder: a paraphrase matches only in the same context, and vectors of two
-embedders are never compared) and holds the embedding of the normalized last
-user message. A lookup embeds the new message and asks the partition's nearest
+the last user message, the system prompt included, the sampling parameters, the
+embedder, the last user message's parts other than text, and the user when the
+tenant's cache is per user: a paraphrase matches only in the same context, the
+same words about another image never match, and vectors of two embedders are
+never compared) and holds the embedding of the normalized last user message's
+text. A lookup embeds the new message and asks the partition's nearest
 neighbours through the HNSW index for its vector size, with `hnsw.ef_search`
 raised and pgvector 0.8's iterative scan on (the partition is a filter HNSW
 applies after the scan), both `SET LOCAL` in the lookup's transaction so pooled
@@ -55,17 +57,31 @@ class SemanticKey:
 
 
 def semantic_key(
-    *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], embedder: str
+    *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], embedder: str, owner: str = ""
 ) -> SemanticKey | None:
     """None when the request has no user message to match on. The partition
-    names the embedder too: vectors of two embedders are not comparable."""
+    names the embedder too (vectors of two embedders are not comparable), the
+    last message's non-text parts (an image, audio: only the text is embedded, so
+    another image must be another partition) and the owner (Policy.owner)."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last is None:
         return None
-    prompt = normalize(message_text(messages[last].get("content")))
+    content = messages[last].get("content")
+    prompt = normalize(message_text(content))
     if not prompt:
         return None
-    context = {"before": messages[:last], "after": messages[last + 1 :], "params": params, "embedder": embedder}
+    media = [part for part in content if part.get("type") != "text"] if isinstance(content, list) else []
+    context: dict[str, Any] = {
+        "before": messages[:last],
+        "after": messages[last + 1 :],
+        "params": params,
+        "embedder": embedder,
+    }
+    # Only when present: partitions of text-only, shared entries stay what they were.
+    if media:
+        context["media"] = media
+    if owner:
+        context["owner"] = owner
     canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return SemanticKey(model, hashlib.sha256(canonical.encode()).hexdigest(), prompt)
 
@@ -128,13 +144,21 @@ def neighbours(*, key: SemanticKey, vector: Sequence[float], limit: int) -> list
 
 
 def semantic_lookup(
-    *, policy: Policy, embedder: Embedder, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    *,
+    policy: Policy,
+    embedder: Embedder,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    user_id: int,
 ) -> SemanticLookup | None:
     """Embed the request's last user message and look for a paraphrase's answer
-    (in the current tenant schema). None when the request cannot be matched
-    (no user message, or one longer than the embedder reads).
-    Raises EmbedderError when the embedder fails."""
-    key = semantic_key(model=model, messages=messages, params=params, embedder=embedder.name)
+    (in the current tenant schema; the user's own entries when the policy is per
+    user). None when the request cannot be matched (no user message, or one
+    longer than the embedder reads). Raises EmbedderError when the embedder fails."""
+    key = semantic_key(
+        model=model, messages=messages, params=params, embedder=embedder.name, owner=policy.owner(user_id)
+    )
     if key is None:
         return None
     started = time.perf_counter()

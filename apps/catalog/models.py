@@ -19,6 +19,19 @@ class Provider(models.TextChoices):
     OTHER = "other", "Other OpenAI-compatible"
 
 
+# What a request's content parts may carry, by the part types that carry them.
+MODALITIES = ("text", "image", "audio", "file")
+# Providers that are servers of one's own: a remote URL in a request would be
+# fetched from inside the operator's network.
+SELF_HOSTED_PROVIDERS = (Provider.VLLM, Provider.OLLAMA, Provider.LLAMA_CPP)
+# OpenAI's largest image (high detail: 8 tiles of 170 tokens, plus 85) for gpt-4o.
+DEFAULT_MAX_TOKENS_PER_PART = 1445
+
+
+def text_only() -> list[str]:
+    return ["text"]
+
+
 class LLMModel(models.Model):
     """A model the platform can call, in the public schema (operators edit it)."""
 
@@ -54,6 +67,22 @@ class LLMModel(models.Model):
     output_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M output tokens"
     )
+    input_modalities = models.JSONField(
+        default=text_only,
+        help_text='What requests may send it: a list of "text", "image", "audio", "file" (parts of another kind are'
+        " refused with a 400).",
+    )
+    max_tokens_per_part = models.PositiveIntegerField(
+        default=DEFAULT_MAX_TOKENS_PER_PART,
+        validators=[MinValueValidator(1)],
+        help_text="The most input tokens one image, audio or file part may cost at this model: what admission holds"
+        " for it (a data: image of known size is held at its share by OpenAI's tile formula).",
+    )
+    allow_remote_media = models.BooleanField(
+        default=False,
+        help_text="Let requests pass http(s) image URLs for the provider to fetch. Only for a provider on the internet"
+        " (never vLLM, Ollama or llama.cpp: they would fetch from inside your network).",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -64,6 +93,21 @@ class LLMModel(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        modalities = self.input_modalities
+        if (
+            not isinstance(modalities, list)
+            or "text" not in modalities
+            or any(item not in MODALITIES for item in modalities)
+        ):
+            raise ValidationError({"input_modalities": f"A list of {', '.join(MODALITIES)}, with text."})
+        if self.allow_remote_media and self.provider in SELF_HOSTED_PROVIDERS:
+            raise ValidationError(
+                {"allow_remote_media": "A self-hosted provider would fetch remote media from inside your network."}
+            )
 
     @property
     def queue(self) -> str:

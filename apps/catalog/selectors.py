@@ -8,7 +8,7 @@ from django.conf import settings
 from apps.core.ttlcache import TTLCache
 from apps.llm.tokens import CL100K, encoding_for_model
 
-from .models import LLMModel
+from .models import DEFAULT_MAX_TOKENS_PER_PART, SELF_HOSTED_PROVIDERS, LLMModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,9 @@ class ModelSpec:
     tokens_per_minute: int | None = None
     requests_per_minute: int | None = None
     encoding: str = CL100K  # the tiktoken encoding its tokens are counted with
+    input_modalities: tuple[str, ...] = ("text",)  # what content parts it takes
+    max_tokens_per_part: int = DEFAULT_MAX_TOKENS_PER_PART  # the hold for one non-text part
+    allow_remote_media: bool = False  # http(s) image URLs pass (never for a self-hosted provider)
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -49,6 +52,9 @@ def _load_catalog() -> dict[str, ModelSpec]:
             tokens_per_minute=row.tokens_per_minute,
             requests_per_minute=row.requests_per_minute,
             encoding=encoding_for_model(row.provider_model_name, row.tokenizer),
+            input_modalities=tuple(row.input_modalities or ("text",)),
+            max_tokens_per_part=row.max_tokens_per_part,
+            allow_remote_media=row.allow_remote_media and row.provider not in SELF_HOSTED_PROVIDERS,
         )
         for row in LLMModel.objects.all()
     }

@@ -31,6 +31,8 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "max_output_tokens": 16384,
             "input_price_per_mtok": Decimal("2.500000"),
             "output_price_per_mtok": Decimal("10.000000"),
+            "input_modalities": ["text", "image"],
+            "max_tokens_per_part": 1445,  # 85 + 8 tiles x 170 (high detail)
             # Off until an operator sets OPENAI_API_KEY and enables it.
             "enabled": False,
         },
@@ -43,6 +45,8 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "max_output_tokens": 16384,
             "input_price_per_mtok": Decimal("0.150000"),
             "output_price_per_mtok": Decimal("0.600000"),
+            "input_modalities": ["text", "image"],
+            "max_tokens_per_part": 48169,  # 2833 + 8 tiles x 5667: gpt-4o-mini counts images so
             "enabled": False,
         },
     ]

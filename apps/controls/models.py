@@ -182,6 +182,15 @@ class EmbedderBackend(models.TextChoices):
     LOCAL = "local", "Local CPU (all-MiniLM-L6-v2)"
 
 
+class CacheScope(models.TextChoices):
+    """Who shares a cached answer: everyone in the tenant (the default), or only
+    the user who asked (then no user can learn what a colleague asked, not even
+    with `cache.mode: "only"`)."""
+
+    TENANT = "tenant", "The organisation (its users share answers)"
+    USER = "user", "Each user (answers never cross users)"
+
+
 class CachePolicy(models.Model):
     """How a tenant's answers are cached (absent: deterministic requests only, for
     CACHE_DEFAULT_TTL_SECONDS). Requests may still choose per call (`cache.mode`)."""
@@ -195,6 +204,17 @@ class CachePolicy(models.Model):
     cache_all_requests = models.BooleanField(
         default=False,
         help_text="Cache every request, not only deterministic ones (temperature 0 or top_p 0).",
+    )
+    scope = models.CharField(
+        max_length=8,
+        choices=CacheScope.choices,
+        default=CacheScope.TENANT,
+        help_text="Who shares cached answers (exact and semantic): the whole organisation, or each user alone.",
+    )
+    exact_max_entries = models.PositiveIntegerField(
+        default=10_000,
+        validators=[MinValueValidator(1)],
+        help_text="Most exact-match answers kept for the organisation; the oldest go first.",
     )
     # Semantic cache: answers reused for paraphrases, within the same conversation
     # context, found by embedding similarity in the tenant's own schema.

@@ -4,8 +4,12 @@ One Redis Stream per job, `aip:<schema>:job:<id>` (tenant-scoped by key). Entrie
 carry one JSON field `d`: `delta` (text), `usage`, `done` (final status, finish
 reason) or `error` (type, message). Deltas are coalesced: at most one entry per
 JOB_STREAM_COALESCE_MS per job, so a thousand concurrent streams do not mean tens
-of thousands of writes a second. Each stream is capped (MAXLEN ~) and expires
-JOB_STREAM_TTL_SECONDS after the job ends; the final result stays in Postgres.
+of thousands of writes a second. Each stream is capped (MAXLEN ~) and every
+append sets its expiry in the same round trip: while the job runs, the longest a
+job may run plus JOB_STREAM_TTL_SECONDS (refreshed by each entry), and
+JOB_STREAM_TTL_SECONDS from its closing events. So no stream outlives its job
+for long, whatever ends it (a job deleted mid-run, a failed final write, a
+worker that died); the final result stays in Postgres.
 The entry id is the SSE event id, so a listener resumes exactly where it left off.
 """
 
@@ -76,7 +80,17 @@ class EventRelay:
         pipe.execute()
 
     def _append(self, event: dict[str, Any]) -> None:
-        _redis().xadd(self.key, _encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        pipe = _redis().pipeline(transaction=False)
+        pipe.xadd(self.key, _encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(self.key, live_ttl_seconds())
+        pipe.execute()
+
+
+def live_ttl_seconds() -> int:
+    """A running job's stream expiry, refreshed by each entry: the longest a job
+    may run (its task's hard limit) and the finished stream's time on top, so a
+    stream whose job never closes it (deleted, its worker lost) still goes."""
+    return int(settings.CELERY_TASK_TIME_LIMIT) + settings.JOB_STREAM_TTL_SECONDS
 
 
 def job_events_close(*, job_id: uuid.UUID, status: str) -> None:

@@ -34,12 +34,14 @@ from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
 from apps.llm.breaker import breaker_allow, breaker_record
+from apps.llm.content import content_admit
 from apps.llm.providers import ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.observability import metrics
 from apps.observability.context import bind
 from apps.observability.genai import provider_call
 from apps.observability.tracing import tracing_enabled
+from apps.ratelimit.buckets import Bucket, Unit
 from apps.ratelimit.limits import RateLimitState, buckets_for, ratelimit_admit, ratelimit_reconcile, ratelimit_refund
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 
@@ -140,7 +142,12 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     schema = principal.tenant_schema
     fallbacks = fallbacks_for(tenant_schema=schema, tier=principal.tier, model=spec.slug, requested=request.fallbacks)
     plan = cache_plan(
-        tenant_schema=schema, model=spec.slug, messages=request.messages, params=request.params, option=request.cache
+        tenant_schema=schema,
+        model=spec.slug,
+        messages=request.messages,
+        params=request.params,
+        option=request.cache,
+        user_id=principal.user_id,
     )
     # What every job of this request holds, answered from cache or not.
     common: dict[str, Any] = {
@@ -162,7 +169,11 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         answer = exact_get(schema=schema, key=plan.key)
         metrics.record_cache_request("exact", hit=answer is not None)
         if answer is not None:
-            # Answered now: no rate limit, no budget, no worker.
+            # Answered now: no tokens, no budget, no worker; but a request is a
+            # request (the user's and tenant's requests_per_minute), else a hit
+            # would be a way around them.
+            hit_buckets = _request_buckets(principal)
+            hit_limits = ratelimit_admit(hit_buckets, 0, fail_open=tenant_connection().tenant.ratelimit_fail_open)
             cached = Job(**common, cache=plan.as_json())
             _answer_from_cache(cached, answer)
             job, created = _store(
@@ -172,7 +183,9 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
             if created:
                 metrics.record_job_status(JobStatus.SUCCEEDED)
                 logger.info("job %s answered from the exact cache at submission", job.pk, extra={"cache": "exact"})
-            return Submission(job, created, None)
+            elif hit_limits is not None:
+                ratelimit_refund(hit_buckets, tokens=0)  # a replay made no new request
+            return Submission(job, created, hit_limits if created else None)
         if plan.mode is CacheMode.ONLY:
             raise CacheMiss(
                 "No cached answer for this request, and cache.mode is 'only': no model was called.",
@@ -228,6 +241,16 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
         return Submission(job, False, None)
     metrics.record_job_status(JobStatus.QUEUED)
     return Submission(job, True, limits)
+
+
+def _request_buckets(principal: Principal) -> tuple[Bucket, ...]:
+    """The caller's request buckets (user and tenant requests_per_minute): what a
+    request answered from cache pays. Not the tokens, nor the model's buckets
+    (no provider is called)."""
+    buckets = buckets_for(
+        tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=None
+    )
+    return tuple(bucket for bucket in buckets if bucket.unit is Unit.REQUESTS)
 
 
 def _estimated_tokens(spec: ModelSpec, *, input_tokens: int, params: dict[str, Any]) -> int:
@@ -374,7 +397,11 @@ def _check_size(spec: ModelSpec, request: JobRequest) -> int:
             code="max_tokens_too_large",
             param="max_tokens",
         )
-    input_tokens = count_message_tokens(request.messages, spec.encoding)
+    # Images, audio and files count as nothing to tiktoken: held at a worst case
+    # (and refused when the model cannot take them).
+    input_tokens = count_message_tokens(request.messages, spec.encoding) + content_admit(
+        spec=spec, messages=request.messages
+    )
     needed = input_tokens + (max_tokens or 0)
     if needed > spec.context_window:
         raise PayloadTooLarge(
@@ -575,7 +602,13 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             created=timezone.now().isoformat(),
         )
         if plan.key:
-            exact_put(schema=current_schema(), key=plan.key, answer=answer, ttl=plan.ttl)
+            exact_put(
+                schema=current_schema(),
+                key=plan.key,
+                answer=answer,
+                ttl=plan.ttl,
+                max_entries=policy_for(current_schema()).exact_max_entries,
+            )
         if plan.semantic:
             _semantic_write(job=job, lookup=lookup, answer=answer)
         if plan.key:
@@ -653,7 +686,12 @@ def _semantic_last_resort(*, job: Job, spec: ModelSpec | None, tier: int) -> _La
     if policy.embedder is not None and priced_as is not None:
         try:
             lookup = semantic_lookup(
-                policy=policy, embedder=policy.embedder, model=job.model, messages=job.messages, params=job.params
+                policy=policy,
+                embedder=policy.embedder,
+                model=job.model,
+                messages=job.messages,
+                params=job.params,
+                user_id=job.user_id,
             )
         except (EmbedderError, DatabaseError) as exc:
             logger.warning("semantic cache (last tier) failed for job %s: %s", job.pk, exc)
@@ -822,7 +860,12 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
         return None, "", None, None
     try:
         lookup = semantic_lookup(
-            policy=policy, embedder=policy.embedder, model=job.model, messages=job.messages, params=job.params
+            policy=policy,
+            embedder=policy.embedder,
+            model=job.model,
+            messages=job.messages,
+            params=job.params,
+            user_id=job.user_id,
         )
     except (EmbedderError, DatabaseError) as exc:
         logger.warning("semantic cache lookup failed for job %s, calling the model: %s", job.pk, exc)
@@ -850,7 +893,13 @@ def _semantic_write(*, job: Job, lookup: SemanticLookup | None, answer: CachedAn
         return
     try:
         if lookup is None:  # `refresh`: nothing was looked up
-            key = semantic_key(model=job.model, messages=job.messages, params=job.params, embedder=policy.embedder.name)
+            key = semantic_key(
+                model=job.model,
+                messages=job.messages,
+                params=job.params,
+                embedder=policy.embedder.name,
+                owner=policy.owner(job.user_id),
+            )
             if key is None:
                 return
             vector = policy.embedder.embed([key.prompt])[0]

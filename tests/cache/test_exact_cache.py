@@ -5,20 +5,25 @@ provider call); a failed leader lets its followers run on their own."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
+import pytest
 import redis
 from django.conf import settings
+from django.test import Client
 from django_tenants.utils import tenant_context
 
 from apps.billing.models import LedgerEntry, LedgerKind
+from apps.cache.exact import CachedAnswer, _script, cache_redis, exact_get, exact_put, index_key
 from apps.cache.stats import stats_key
 from apps.controls.models import CachePolicy
 from apps.jobs.models import Job
-from tests.support import Personas, http_client, job_until_final, sse_events
+from tests.support import Personas, http_client, job_until_final, metric_samples, metric_value, sse_events
 
 DETERMINISTIC = {"model": "local-small", "messages": [{"role": "user", "content": "cache me"}], "temperature": 0}
 
@@ -38,6 +43,9 @@ def test_a_deterministic_repeat_is_answered_at_submission_for_free(
 ):
     alice = committed_personas.alice
     client = alice.client()
+    # Tests in a rolled-back transaction (the `personas` fixture) may have counted
+    # in Redis, which no rollback undoes: start from no counters.
+    redis.Redis.from_url(settings.REDIS_URL).delete(stats_key("acme"))
     first = _run(client, DETERMINISTIC)
     assert first["status"] == "succeeded" and first["cached"] is None
     assert _calls(upstream) == 1
@@ -205,3 +213,85 @@ def test_cancelling_a_queued_leader_releases_its_followers(committed_personas: P
     assert client.post(f"/api/v1/jobs/{ids[0]}/cancel").status_code == 200
     assert broker.llen("llm.routing-probe") == 3  # the followers now run on their own
     broker.delete("llm.routing-probe")
+
+
+def test_cancelling_a_follower_leaves_the_others_following(committed_personas: Personas):
+    client = committed_personas.alice.client()
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("llm.routing-probe")
+    body = {**DETERMINISTIC, "model": "routing-probe"}  # no worker serves it: the jobs stay queued
+    ids = [client.post("/api/v1/jobs", body, format="json").json()["id"] for _ in range(3)]
+    assert broker.llen("llm.routing-probe") == 1
+    # One follower cancelled: it alone leaves the flight; nobody is enqueued.
+    assert client.post(f"/api/v1/jobs/{ids[1]}/cancel").status_code == 200
+    assert broker.llen("llm.routing-probe") == 1
+    with tenant_context(committed_personas.alice.tenant):
+        assert Job.objects.get(pk=ids[2]).status == "queued"
+    # The leader's end lands the flight: only the remaining follower runs on its own.
+    assert client.post(f"/api/v1/jobs/{ids[0]}/cancel").status_code == 200
+    assert broker.llen("llm.routing-probe") == 2
+    broker.delete("llm.routing-probe")
+
+
+def test_entries_are_capped_per_tenant(worker, committed_personas: Personas, upstream):
+    alice, carol = committed_personas.alice, committed_personas.carol
+    CachePolicy.objects.create(tenant=alice.tenant, exact_max_entries=2)
+    client = alice.client()
+    for n in range(4):
+        _run(client, {**DETERMINISTIC, "messages": [{"role": "user", "content": f"capped {n}"}]})
+    _run(carol.client(), DETERMINISTIC)  # another tenant's entries are its own count
+    store = redis.Redis.from_url(settings.CACHE_REDIS_URL)
+    assert store.zcard(index_key("acme")) == 2
+    assert len(list(store.scan_iter(match="aip:{acme}:cache:exact:*"))) == 2
+    assert len(list(store.scan_iter(match="aip:{globex}:cache:exact:*"))) == 1
+
+
+def test_over_the_cap_the_entries_that_expire_soonest_go(committed_personas: Personas):
+    answer = CachedAnswer("x", "stop", 1, 1, False, "m", "2026-01-01T00:00:00+00:00")
+    for name, ttl in (("a" * 64, 100), ("b" * 64, 300), ("c" * 64, 200)):
+        exact_put(schema="acme", key=name, answer=answer, ttl=ttl, max_entries=2)
+    assert exact_get(schema="acme", key="a" * 64, count=False) is None
+    assert exact_get(schema="acme", key="b" * 64, count=False) is not None
+    assert exact_get(schema="acme", key="c" * 64, count=False) is not None
+
+
+def test_metrics_report_the_main_valkeys_memory_and_warn_near_its_limit(committed_personas: Personas, settings, caplog):
+    # The embedded Valkey runs noeviction under a maxmemory (devtools/embedded.py).
+    info = redis.Redis.from_url(settings.REDIS_URL).config_get("maxmemory*")
+    assert info["maxmemory-policy"] == "noeviction" and int(str(info["maxmemory"])) > 0
+    settings.REDIS_MEMORY_WARN_RATIO = 0.0  # any use is "near the limit" for this scrape
+    with caplog.at_level(logging.WARNING, logger="aiplatform.metrics"):
+        page = Client().get("/metrics")
+    assert page.status_code == 200
+    ratio = metric_value(metric_samples(page.content.decode()), "aip_redis_memory_used_ratio", role="main")
+    assert 0 < ratio < 1
+    assert any(getattr(r, "event", "") == "redis_memory_high" for r in caplog.records)
+
+
+@pytest.fixture
+def cache_role_apart(settings) -> Iterator[redis.Redis]:
+    """CACHE_REDIS_URL names another Valkey database than REDIS_URL: the cache's own role."""
+    main = settings.REDIS_URL
+    settings.CACHE_REDIS_URL = main.rsplit("/", 1)[0] + "/1"
+    cache_redis.cache_clear()
+    _script.cache_clear()
+    store = redis.Redis.from_url(settings.CACHE_REDIS_URL)
+    yield store
+    store.flushdb()
+    settings.CACHE_REDIS_URL = main
+    cache_redis.cache_clear()
+    _script.cache_clear()
+
+
+def test_entries_live_in_the_cache_role_and_counters_in_the_main_one(
+    committed_personas: Personas, cache_role_apart: redis.Redis
+):
+    answer = CachedAnswer("x", "stop", 1, 1, False, "m", "2026-01-01T00:00:00+00:00")
+    exact_put(schema="acme", key="d" * 64, answer=answer, ttl=60, max_entries=10)
+    main = redis.Redis.from_url(settings.REDIS_URL)
+    assert cache_role_apart.exists(f"aip:{{acme}}:cache:exact:{'d' * 64}", index_key("acme")) == 2
+    assert not main.exists(f"aip:{{acme}}:cache:exact:{'d' * 64}")
+    assert exact_get(schema="acme", key="d" * 64) == answer
+    assert main.hget(stats_key("acme"), "exact_hit") == b"1"  # never evicted with the entries
+    page = metric_samples(Client().get("/metrics").content.decode())
+    assert metric_value(page, "aip_redis_memory_used_bytes", role="cache") > 0

@@ -62,7 +62,10 @@ def test_a_prompt_longer_than_the_model_reads_is_not_matched():
     policy = Policy(3600, False, semantic_enabled=True, semantic_threshold=0.5, embedder=EMBEDDER)
     messages = [{"role": "user", "content": long_prompt}]
     # Refused before the database is asked: no lookup, no write.
-    assert semantic_lookup(policy=policy, embedder=EMBEDDER, model="local-small", messages=messages, params={}) is None
+    assert (
+        semantic_lookup(policy=policy, embedder=EMBEDDER, model="local-small", messages=messages, params={}, user_id=1)
+        is None
+    )
 
 
 def test_model_files_are_checked_against_their_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

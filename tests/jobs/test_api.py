@@ -87,7 +87,7 @@ def test_disabled_model_is_400(personas: Personas):
         ({"model": "local-small", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         (
             {**CHAT, "messages": [*CHAT["messages"], {"role": "user", "content": [{"type": "text"}]}]},
-            "messages.1.content",
+            "messages.1.content.0.text",
         ),
         ({**CHAT, "max_tokens": 0}, "max_tokens"),
         ({**CHAT, "temperature": 3}, "temperature"),
