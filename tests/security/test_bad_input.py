@@ -73,7 +73,7 @@ JOBS_CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "/api/v1/jobs",
         {**CHAT, "messages": [{"role": "user", "content": [5]}]},
         400,
-        "messages.0.content",
+        "messages.0.content.0",
     ),
     ("max_tokens_huge", "POST", "/api/v1/jobs", {**CHAT, "max_tokens": 10**30}, 400, "max_tokens"),
     ("max_tokens_float", "POST", "/api/v1/jobs", {**CHAT, "max_tokens": 1.5}, 400, "max_tokens"),
