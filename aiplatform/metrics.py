@@ -68,7 +68,7 @@ class SharedStateCollector(Collector):
             depth = GaugeMetricFamily(
                 "aip_queue_depth", "Messages waiting in each Celery queue (not yet taken).", labels=["queue"]
             )
-            queues = [CeleryQueue.DEFAULT.value, *(llm_queue(slug) for slug in slugs)]
+            queues = [*(q.value for q in CeleryQueue), *(llm_queue(slug) for slug in slugs)]
             pipe = broker.pipeline(transaction=False)
             for name in queues:
                 for suffix in _PRIORITY_SUFFIXES:
