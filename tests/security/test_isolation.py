@@ -114,3 +114,61 @@ def test_a_failed_calls_tokens_go_back_to_the_models_shared_bucket(worker, commi
         assert _model_level("local-small") >= 6000 - 5
     finally:
         LLMModel.objects.filter(slug="local-small").update(tokens_per_minute=None)
+
+
+# --- Hosts: the operator admin and /metrics -----------------------------------
+
+
+def test_an_unknown_host_gets_the_api_but_never_the_operator_admin(platform_server, committed_personas: Personas):
+    from tests.support import http_client
+
+    with http_client(platform_server) as anonymous:
+        for host in ("evil.example", "127.0.0.1", "testserver.evil.example"):
+            anonymous.headers["Host"] = host
+            assert anonymous.get("/admin/login/").status_code == 404, host
+            assert anonymous.get("/admin/").status_code == 404, host
+        anonymous.headers["Host"] = "testserver"  # PUBLIC_DOMAIN in tests
+        assert anonymous.get("/admin/login/").status_code == 200
+    with http_client(platform_server, committed_personas.alice.key) as alice:
+        alice.headers["Host"] = "evil.example"
+        assert alice.get("/api/v1/jobs").status_code == 200  # the API answers on any host
+
+
+def test_another_domain_of_the_public_schema_is_not_the_operators(personas: Personas):
+    from apps.tenants.models import Domain
+    from apps.tenants.services import public_tenant_ensure
+
+    public = public_tenant_ensure(domain="testserver")
+    Domain.objects.create(domain="alias.example", tenant=public, is_primary=False)
+    assert Client(HTTP_HOST="alias.example").get("/admin/login/").status_code == 404
+    assert Client(HTTP_HOST="testserver").get("/admin/login/").status_code == 200
+
+
+def test_metrics_answer_loopback_clients_on_the_public_domain_or_a_token_anywhere(committed_db, settings):
+    settings.METRICS_TOKEN = ""
+    assert Client().get("/metrics").status_code == 200  # testserver, from 127.0.0.1
+    assert Client(REMOTE_ADDR="203.0.113.9").get("/metrics").status_code == 403
+    assert Client(REMOTE_ADDR="203.0.113.9", HTTP_X_FORWARDED_FOR="127.0.0.1").get("/metrics").status_code == 403
+    assert Client(HTTP_HOST="evil.example").get("/metrics").status_code == 404
+    assert Client(HTTP_HOST="acme.testserver").get("/metrics").status_code == 404
+    settings.METRICS_TOKEN = "scrape-secret"
+    bearer = {"HTTP_AUTHORIZATION": "Bearer scrape-secret"}
+    assert Client(HTTP_HOST="web", REMOTE_ADDR="10.1.2.3", **bearer).get("/metrics").status_code == 200
+    assert Client(HTTP_HOST="web", REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 401
+    assert Client().get("/metrics").status_code == 401  # a token, once set, is required of everyone
+    assert Client(HTTP_HOST="acme.testserver", **bearer).get("/metrics").status_code == 404  # never a tenant's
+
+
+def test_flower_and_worker_metrics_listen_on_loopback_unless_configured():
+    from pathlib import Path
+
+    from devtools.run import expand, parse_procfile
+
+    root = Path(__file__).resolve().parents[2]
+    procfile = parse_procfile(root / "Procfile")
+    assert "--address=127.0.0.1" in expand(procfile["flower"], {})
+    assert "--address=0.0.0.0" in expand(procfile["flower"], {"FLOWER_HOST": "0.0.0.0"})
+    compose = (root / "docker" / "compose.yaml").read_text()
+    assert '"${FLOWER_PUBLISH:-127.0.0.1}:5555:5555"' in compose
+    observability = (root / "apps" / "observability" / "celery.py").read_text()
+    assert 'os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")' in observability
