@@ -172,3 +172,137 @@ def test_flower_and_worker_metrics_listen_on_loopback_unless_configured():
     assert '"${FLOWER_PUBLISH:-127.0.0.1}:5555:5555"' in compose
     observability = (root / "apps" / "observability" / "celery.py").read_text()
     assert 'os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")' in observability
+
+
+# --- Tenant admins: tiers, e-mails and key privileges are not theirs -----------
+
+
+def _tenant_admin(personas: Personas) -> Client:
+    from django.contrib.auth import get_user_model
+    from django_tenants.utils import tenant_context
+
+    with tenant_context(personas.alice.tenant):
+        admin = get_user_model().objects.create_superuser("acme-root", "root@acme.test", "pw-tenant-1")
+        client = Client(HTTP_HOST="acme.testserver")
+        client.force_login(admin)
+    return client
+
+
+def test_a_tenant_admin_cannot_change_a_users_tier_or_email(personas: Personas):
+    from django_tenants.utils import tenant_context
+
+    from apps.accounts.models import User
+
+    client = _tenant_admin(personas)
+    alice = personas.alice
+    response = client.post(
+        f"/admin/accounts/user/{alice.user_id}/change/",
+        {"email": "vip@globex.test", "tier": "premium", "is_active": "on"},
+    )
+    assert response.status_code == 302, response.content  # saved: only what the form allows
+    created = client.post("/admin/accounts/user/add/", {"email": "new@acme.test", "tier": "premium", "is_active": "on"})
+    assert created.status_code == 302, created.content
+    with tenant_context(alice.tenant):
+        user = User.objects.get(pk=alice.user_id)
+        assert (user.email, user.tier) == ("alice@acme.test", "standard")
+        assert User.objects.get(email="new@acme.test").tier == "standard"
+
+
+def test_a_tenant_admin_cannot_make_a_key_an_admin_key_by_editing_it(personas: Personas):
+    from django_tenants.utils import tenant_context
+
+    from apps.accounts.models import ApiKey
+
+    client = _tenant_admin(personas)
+    with tenant_context(personas.alice.tenant):
+        key = ApiKey.objects.get(user_id=personas.alice.user_id)
+    response = client.post(f"/admin/accounts/apikey/{key.pk}/change/", {"name": "renamed", "is_admin": "on"})
+    assert response.status_code == 302, response.content
+    with tenant_context(personas.alice.tenant):
+        key.refresh_from_db()
+    assert key.name == "renamed" and key.is_admin is False
+    usage = personas.alice.client().get("/api/v1/usage").json()
+    assert usage["scope"] == "user"
+
+
+# --- Flags: allow-lists match within the tenant; a user sees their own ----------
+
+
+def _flag(**fields: Any) -> Any:
+    from apps.flags.models import Flag
+
+    defaults = {"enabled": True, "model": "routing-probe", "rollout_model": "local-small"}
+    return Flag.objects.create(**{**defaults, **fields})
+
+
+def test_a_platform_allow_list_entry_matches_only_the_tenant_it_names(committed_personas: Personas):
+    """globex's VIP is on a platform allow-list. An acme user with the same e-mail
+    (a tenant admin may create any address) is not."""
+    from django_tenants.utils import tenant_context
+
+    from apps.accounts.services import api_key_create, user_get_or_create
+
+    _flag(key="vip-rollout", allow_users=["globex:carol@globex.test"])
+    _flag(key="legacy-list", allow_users=["carol@globex.test"])  # a bare e-mail names no tenant: nobody
+    body = {"model": "routing-probe", "messages": [{"role": "user", "content": "which model?"}]}
+    carol = committed_personas.carol.client()
+    routed = carol.post("/api/v1/jobs", body, format="json").json()
+    assert routed["model"] == "local-small" and routed["flags"] == {"vip-rollout": "on"}  # legacy-list concerns nobody
+    with tenant_context(committed_personas.alice.tenant):
+        impostor, _ = user_get_or_create(email="carol@globex.test")
+        _, raw = api_key_create(user=impostor, name="impostor")
+    from rest_framework.test import APIClient
+
+    impostor_client = APIClient(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    job = impostor_client.post("/api/v1/jobs", body, format="json").json()
+    assert job["model"] == "routing-probe" and job["flags"] == {}  # neither flag concerns acme
+    assert impostor_client.get("/api/v1/flags").json()["data"] == []
+    import redis
+    from django.conf import settings as django_settings
+
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).delete("llm.routing-probe", "llm.local-small")
+
+
+def test_the_operator_admin_requires_tenant_qualified_users_in_platform_flags(db, platform):
+    from django.forms.models import model_to_dict
+
+    from apps.flags.admin import PlatformFlagForm
+    from apps.flags.models import Flag
+
+    flag = Flag(key="form-check", model="routing-probe", rollout_model="local-small")
+    bare = PlatformFlagForm(data={**model_to_dict(flag), "allow_users": '["vip@globex.test"]', "deny_users": "[]"})
+    assert not bare.is_valid() and "allow_users" in bare.errors
+    qualified = {**model_to_dict(flag), "allow_users": '["globex:VIP@globex.test"]', "deny_users": "[]"}
+    form = PlatformFlagForm(data=qualified, instance=flag)
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["allow_users"] == ["globex:vip@globex.test"]
+
+
+def test_a_user_key_sees_only_the_flags_that_concern_its_user(committed_personas: Personas):
+    from django_tenants.utils import tenant_context
+
+    from apps.accounts.models import User
+    from apps.accounts.services import api_key_create
+    from apps.flags.models import Flag
+
+    _flag(key="globex-beta", allow_tenants=["globex"])  # aimed at globex only
+    _flag(key="acme-vips", allow_users=["acme:bob@acme.test"])  # bob on; acme's others are its other cohort
+    _flag(key="premium-only", tier="premium", rollout_percent=100)  # alice is standard
+    _flag(key="off-for-now", enabled=False, rollout_percent=100)
+    with tenant_context(committed_personas.alice.tenant):
+        Flag.objects.create(key="acme-own", enabled=False, model="local-small", rollout_model="premium-large")
+
+    def listed(client: Any) -> dict[str, Any]:
+        return {item["key"]: item for item in client.get("/api/v1/flags").json()["data"]}
+
+    alice = listed(committed_personas.alice.client())
+    assert set(alice) == {"acme-vips", "acme-own"}
+    assert alice["acme-vips"]["on"] is False
+    assert set(alice["acme-vips"]) == {"key", "scope", "on", "model", "rollout_model", "routes_to"}  # no lists
+    assert listed(committed_personas.bob.client())["acme-vips"]["on"] is True
+    carol = listed(committed_personas.carol.client())
+    assert set(carol) == {"globex-beta", "premium-only"} and carol["globex-beta"]["on"] is True
+    with tenant_context(committed_personas.alice.tenant):
+        _, raw = api_key_create(user=User.objects.get(pk=committed_personas.alice.user_id), is_admin=True)
+    admin_view = listed(Client(HTTP_AUTHORIZATION=f"Bearer {raw}"))
+    assert set(admin_view) == {"acme-vips", "acme-own", "premium-only"}  # the tenant's view, never globex's
