@@ -72,7 +72,7 @@ resolver: Callable[[str, int], list[str]] = system_resolve
 # getaddrinfo has no timeout of its own: lookups run here, and the caller waits at
 # most WEBHOOK_DNS_TIMEOUT_SECONDS. The pool is small and bounded, so a resolver
 # that hangs ties up these threads, never a web thread or an unbounded number.
-_lookups = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+_lookups = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook-dns")
 
 
 class WebhookRefused(InvalidRequest):
