@@ -299,3 +299,118 @@ def test_a_stalled_webhook_receiver_does_not_delay_the_sweep(lane_workers, commi
     finally:
         stalled.release.set()
         server.stop()
+
+
+# --- The connection: TLS names the URL's host; one deadline for the exchange ----
+
+
+class _TLSReceiver:
+    """An HTTPS webhook receiver on 127.0.0.1 with a self-signed certificate for
+    `name`; records the SNI and the Host header of what it gets."""
+
+    def __init__(self, tmp_path: Any, name: str) -> None:
+        import http.server
+        import shutil
+        import ssl
+        import subprocess
+
+        if not shutil.which("openssl"):
+            pytest.skip("the openssl command is needed to make a test certificate")
+        self.cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        subject = ["-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]
+        files = ["-keyout", str(key), "-out", str(self.cert)]
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject, *files]
+        subprocess.run(command, check=True, capture_output=True)
+        self.sni: list[str | None] = []
+        self.hosts: list[str] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.hosts.append(self.headers.get("Host", ""))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        context.sni_callback = lambda sock, server_name, ctx: self.sni.append(server_name)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("certificate_for", ["hooks.example", "someone-else.example"])
+def test_https_connects_to_the_checked_address_and_verifies_the_urls_host(
+    worker, committed_personas: Personas, settings, monkeypatch, tmp_path, certificate_for
+):
+    """hooks.example resolves (once) to 127.0.0.1, where the receiver is: the
+    request goes to that address, with SNI and Host naming hooks.example, and
+    the certificate is checked against that name (another name's fails)."""
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    tls = _TLSReceiver(tmp_path, certificate_for)
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))  # trust the test certificate
+        monkeypatch.setattr(webhooks, "resolver", lambda host, port: ["127.0.0.1"])
+        url = f"https://hooks.example:{tls.port}/hook"
+        client = committed_personas.alice.client()
+        job = client.post("/api/v1/jobs", {**CHAT, "webhook": {"url": url}}, format="json").json()
+        detail = _delivered(client, job["id"])
+    finally:
+        tls.stop()
+    attempts = [(d["status_code"], d["error"]) for d in detail["webhook"]["deliveries"]]
+    if certificate_for == "hooks.example":
+        assert attempts == [(204, None)]
+        assert tls.sni == ["hooks.example"] and tls.hosts == [f"hooks.example:{tls.port}"]
+    else:
+        assert attempts == [(None, "no_response")]  # the certificate does not name hooks.example
+        assert tls.hosts == []
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_at_the_deadline(worker, committed_personas: Personas, settings):
+    """A byte of headers every 0.2 s never trips a per-read timeout; the
+    delivery's one deadline (WEBHOOK_TIMEOUT_SECONDS) ends it anyway."""
+    import socket
+
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    settings.WEBHOOK_TIMEOUT_SECONDS = 1
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    served: list[int] = []
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.is_set():
+                try:
+                    connection.sendall(b"a")
+                except OSError:
+                    served.append(1)  # the client hung up
+                    return
+                stop.wait(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        client = committed_personas.alice.client()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        job = client.post("/api/v1/jobs", {**CHAT, "webhook": {"url": url}}, format="json").json()
+        detail = _delivered(client, job["id"])
+        assert [(d["status_code"], d["error"]) for d in detail["webhook"]["deliveries"]] == [(None, "no_response")]
+        assert not stop.is_set()  # it was still trickling when the attempt gave up
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
