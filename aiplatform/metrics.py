@@ -7,19 +7,24 @@
   platform: each model's circuit breaker, each Celery queue's depth, and each
   tenant's cache hits, misses, single-flight followers and semantic lookup time.
 
-Set METRICS_TOKEN to require `Authorization: Bearer <token>` (scrape configs
-support it); unset, the endpoint is open (keep it on an internal network).
+Who may read it (it names every tenant): with METRICS_TOKEN set, whoever sends
+`Authorization: Bearer <token>` (scrape configs support it), on any host but a
+tenant's; without it, loopback clients on PUBLIC_DOMAIN only (a reverse proxy on
+the same host must send X-Forwarded-For, which uvicorn trusts from loopback, or
+every client would look local: set a token there).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import logging
 from collections.abc import Iterator
 
 import redis
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -28,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from apps.cache.stats import FIELDS, cache_totals
 from apps.catalog.selectors import catalog_snapshot
+from apps.core.views import not_found
 from apps.llm.breaker import breaker_state
 from apps.observability.metrics import registry as process_registry
 from apps.tenants.models import Tenant
@@ -71,7 +77,7 @@ class SharedStateCollector(Collector):
             depth = GaugeMetricFamily(
                 "aip_queue_depth", "Messages waiting in each Celery queue (not yet taken).", labels=["queue"]
             )
-            queues = [CeleryQueue.DEFAULT.value, *(llm_queue(slug) for slug in slugs)]
+            queues = [*(q.value for q in CeleryQueue), *(llm_queue(slug) for slug in slugs)]
             pipe = broker.pipeline(transaction=False)
             for name in queues:
                 for suffix in _PRIORITY_SUFFIXES:
@@ -140,6 +146,20 @@ class RedisMemoryCollector(Collector):
         yield used
 
 
+def _loopback_client(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+def _public_host(request: HttpRequest) -> bool:
+    try:
+        return request.get_host().rsplit(":", 1)[0].lower() == settings.PUBLIC_DOMAIN.lower()
+    except DisallowedHost:
+        return False
+
+
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     token = settings.METRICS_TOKEN
@@ -147,6 +167,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(sent.encode(), token.encode()):
             return HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain")
+    elif not _public_host(request):
+        return not_found(request)  # no token: nothing here but on the operator's host
+    elif not _loopback_client(request):
+        return HttpResponse(
+            "metrics answer loopback clients only (or set METRICS_TOKEN)\n", status=403, content_type="text/plain"
+        )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SharedStateCollector())
     registry.register(RedisMemoryCollector())

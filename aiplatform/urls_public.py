@@ -8,5 +8,6 @@ from .urls_common import urlpatterns as common
 handler404 = "apps.core.views.not_found"
 handler500 = "apps.core.views.server_error"
 
-# /metrics on the operator's host only (never on a tenant's): it names every tenant.
+# Served on PUBLIC_DOMAIN only (apps/tenants/middleware.py). /metrics names every
+# tenant: loopback clients or METRICS_TOKEN (aiplatform/metrics.py), never on a tenant's host.
 urlpatterns = [path("admin/", operator_site.urls), path("metrics", metrics, name="metrics"), *common]

@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             for slug in models:
                 llm_env = {**worker_env(f"llm.{slug}"), "LLM_QUEUES": f"llm.{slug}"}
                 supervisor.start(f"worker llm.{slug}", expand(command, llm_env), llm_env)
-        elif name == "worker":
-            default_env = worker_env("default")
-            supervisor.start(name, expand(command, default_env), default_env)
+        elif name in ("worker", "worker-webhooks"):
+            lane_env = worker_env("default" if name == "worker" else "webhooks")
+            supervisor.start(name, expand(command, lane_env), lane_env)
         elif name == "web":
             # uvicorn may run several processes (WEB_CONCURRENCY): their metrics meet here.
             metrics_dir = DATADIR / "metrics-web"

@@ -254,7 +254,7 @@ def celery_worker_thread(platform: dict[str, Tenant], django_db_blocker: Any) ->
 
     from aiplatform.celery import app
 
-    queues = ["default", "llm.local-small", "llm.premium-large"]
+    queues = ["default", "webhooks", "llm.local-small", "llm.premium-large"]
     with (
         django_db_blocker.unblock(),
         start_worker(

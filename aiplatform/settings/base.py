@@ -267,8 +267,11 @@ SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 # with the job id (x-aip-job-id) so the client can poll the async API.
 V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 600, minimum=1)
 
-# Completion webhooks (apps/jobs/webhooks.py).
+# Completion webhooks (apps/jobs/webhooks.py). One deadline for a whole delivery
+# (connect, TLS, request, the answer's headers).
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# The longest a webhook host's DNS lookup may take (at submission, in a web thread).
+WEBHOOK_DNS_TIMEOUT_SECONDS = env_int("WEBHOOK_DNS_TIMEOUT_SECONDS", 2, minimum=1)
 # 8 attempts with a 5 s base: the last one about 10 minutes after the first.
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_RETRY_BASE_SECONDS: float = env_int("WEBHOOK_RETRY_BASE_SECONDS", 5, minimum=0)

@@ -12,6 +12,8 @@ os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:{os.environ.get('AIP_TEST
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 os.environ.setdefault("API_KEY_PEPPER", "test-api-key-pepper")
 os.environ.setdefault("ALLOWED_HOSTS", "*")
+# Django's test client sends Host: testserver; the operator admin answers there only.
+os.environ.setdefault("PUBLIC_DOMAIN", "testserver")
 os.environ.setdefault("LOG_FORMAT", "console")
 os.environ.setdefault("IDEMPOTENCY_WINDOW_SECONDS", "86400")
 # Tests revoke keys and edit the catalog, then expect the next request to see it.

@@ -11,9 +11,16 @@ from .services import api_key_create, api_key_revoke
 
 @admin.register(User, site=tenant_site)
 class UserAdmin(admin.ModelAdmin[User]):
+    """A tenant admin adds users and (de)activates them. The tier is the operator's
+    (it buys premium budgets and limits: `create_api_key --tier`), and a user's
+    e-mail is their identity once created (budgets, ledger, flags name it)."""
+
     list_display = ("email", "tier", "is_active", "created_at")
     list_filter = ("tier", "is_active")
     search_fields = ("email",)
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return ("email", "tier", "created_at") if obj else ("tier",)
 
 
 class ApiKeyCreateForm(forms.ModelForm[ApiKey]):
@@ -35,7 +42,9 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         return super().get_form(request, obj, change, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return ("user", "prefix", "created_at", "revoked_at") if obj else ()
+        # Only the label may change: an admin key is the operator's to make
+        # (`create_api_key --admin`), and revoking is an action.
+        return ("user", "prefix", "is_admin", "created_at", "revoked_at") if obj else ()
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:  # type: ignore[no-untyped-def]
         if change:

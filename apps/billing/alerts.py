@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from typing import Any
 
-from django.conf import settings
 from django.core.mail import send_mail
 
-from apps.core.errors import InvalidRequest
 from apps.core.redis import redis_client
-from apps.jobs.webhooks import webhook_headers, webhook_url_check
+from apps.jobs.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
 from apps.tenants.models import Tenant
 
 from .budgets import COUNTER_GRACE, Budget, Window
@@ -75,11 +71,14 @@ def alert_deliver(payload: dict[str, Any]) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
         message_id = f"alert_{payload['tenant']}_{payload['period_start']}_{payload['type']}_{payload['user']}"
         headers = webhook_headers(secret=tenant.webhook_secret, message_id=message_id, body=body)
+        # The same rules as completion webhooks: http(s) only, the checked address
+        # is the one connected to, no redirect followed, one deadline.
         try:
-            webhook_url_check(tenant.alert_webhook_url)
-        except InvalidRequest as exc:
+            status = webhook_post(tenant.alert_webhook_url, body=body, headers=headers, param="alert_webhook_url")
+        except WebhookRefused as exc:
             logger.error("budget alert webhook refused for %s: %s", tenant.schema_name, exc.message)
-            return
-        request = urllib.request.Request(tenant.alert_webhook_url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS):
-            pass
+            if exc.reason != ERROR_NO_RESPONSE:
+                return  # a URL we may not call: retrying cannot help
+            raise WebhookFailed(exc.message) from exc
+        if not 200 <= status < 300:
+            raise WebhookFailed(f"the alert webhook answered {status}", status=status)  # the task retries

@@ -1,6 +1,8 @@
+import re
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
@@ -71,5 +73,44 @@ class FlagAdmin(admin.ModelAdmin[Flag]):
             self.delete_model(request, flag)
 
 
-operator_site.register(Flag, FlagAdmin)
+_QUALIFIED_USER = re.compile(r"[a-z0-9_]+:[^:\s@]+@[^:\s@]+")
+
+
+class PlatformFlagForm(forms.ModelForm[Flag]):
+    """A platform flag names users within their tenant: `<schema>:<e-mail>` (see
+    apps/flags/rollout.py; a bare e-mail would match nobody)."""
+
+    class Meta:
+        model = Flag
+        fields = ("allow_users", "deny_users")  # the admin adds its other fields
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, what in (("allow_users", "always on (when enabled)"), ("deny_users", "always off")):
+            if name in self.fields:
+                self.fields[name].help_text = f'Users {what}, as ["<schema>:<e-mail>", ...].'
+
+    def _qualified(self, field: str) -> list[str]:
+        entries = self.cleaned_data.get(field) or []
+        if not isinstance(entries, list):
+            raise forms.ValidationError('A list of users, as ["<schema>:<e-mail>", ...].')
+        for entry in entries:
+            if not isinstance(entry, str) or not _QUALIFIED_USER.fullmatch(entry.strip().lower()):
+                raise forms.ValidationError(
+                    f"A platform flag names users as <schema>:<e-mail> (e.g. acme:alice@acme.test), not {entry!r}."
+                )
+        return [entry.strip().lower() for entry in entries]
+
+    def clean_allow_users(self) -> list[str]:
+        return self._qualified("allow_users")
+
+    def clean_deny_users(self) -> list[str]:
+        return self._qualified("deny_users")
+
+
+class PlatformFlagAdmin(FlagAdmin):
+    form = PlatformFlagForm
+
+
+operator_site.register(Flag, PlatformFlagAdmin)
 tenant_site.register(Flag, FlagAdmin)

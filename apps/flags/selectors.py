@@ -20,7 +20,7 @@ from django.utils import timezone
 from apps.core.redis import redis_client
 
 from .models import Flag
-from .rollout import FlagRule, Subject, evaluate
+from .rollout import FlagRule, Subject, concerns, concerns_tenant, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +109,25 @@ class Evaluated:
         return self.rule.rollout_model if self.on else self.rule.model
 
 
-def flags_evaluate(subject: Subject) -> list[Evaluated]:
+def flags_evaluate(subject: Subject, *, tenant_view: bool = False) -> list[Evaluated]:
+    """The flags that concern this user (see rollout.concerns), evaluated for them;
+    with `tenant_view`, those that concern any of the tenant's users."""
     now = timezone.now()
-    return [Evaluated(rule, evaluate(rule, subject, now)) for rule in flag_rules(subject.tenant_schema)]
+    concerned = (
+        (lambda rule: concerns_tenant(rule, subject.tenant_schema, now))
+        if tenant_view
+        else (lambda rule: concerns(rule, subject, now))
+    )
+    return [
+        Evaluated(rule, evaluate(rule, subject, now)) for rule in flag_rules(subject.tenant_schema) if concerned(rule)
+    ]
 
 
 def flags_route(subject: Subject, model: str) -> tuple[str, dict[str, str]]:
     """The model a request for `model` goes to, and every flag that decided it
     ({key: "on" | "off"}); the first flag (by key) that is on wins, and a later
-    one that was on too is recorded "off": the job is not in its cohort."""
+    one that was on too is recorded "off": the job is not in its cohort. Only
+    flags that concern the user are evaluated (and so recorded on the job)."""
     decided: dict[str, str] = {}
     routed = model
     for item in flags_evaluate(subject):

@@ -787,7 +787,7 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: in
                     cost_micros=call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens),
                 )
         except ProviderError as exc:
-            breaker_record(spec.slug, ok=not exc.provider_trouble)
+            breaker_record(spec.slug, ok=not exc.provider_trouble, status=exc.status)
             wait = _backoff(retries, exc.retry_after)
             retry = exc.provider_trouble and not exc.partial_output and retries < settings.LLM_MAX_RETRIES
             if not retry or timezone.now() + timedelta(seconds=wait) >= deadline:

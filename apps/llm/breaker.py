@@ -10,6 +10,13 @@ second is 10 failures a second.) After the cooldown it is half-open: one
 caller at a time gets through as a probe (the others are still refused); the
 probe's success closes the breaker, its failure opens it for another cooldown.
 Every transition is one script on Redis's clock, so all workers see one state.
+
+A call that failed because of the request itself (the provider answered 400, 413
+or 422: a bad parameter, a prompt too long) says nothing about the model: it is
+not counted at all, neither as a failure nor as a call of the window, and as a
+half-open probe it neither closes nor reopens the breaker (it gives the probe
+back). Otherwise one tenant could close a failing model's breaker for everyone
+with bad requests, or keep it from reopening.
 """
 
 from __future__ import annotations
@@ -79,6 +86,20 @@ return 'counting'
 """
 
 
+# KEYS: state, probe. A call that does not count ended: if it was the half-open
+# probe, the next caller may probe.
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+if open_until > 0 and now >= open_until then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# Provider statuses that mean the request was wrong, not the model.
+REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+
+
 def _keys(model: str) -> list[str]:
     # One hash slot for both (a cluster runs the scripts): the slug is the tag.
     return [f"aip:cb:{{{model}}}", f"aip:cb:{{{model}}}:probe"]
@@ -99,7 +120,15 @@ def breaker_allow(model: str) -> bool:
         return True
 
 
-def breaker_record(model: str, *, ok: bool) -> None:
+def breaker_record(model: str, *, ok: bool, status: int | None = None) -> None:
+    """Count a call's outcome; `status` is the provider's HTTP status when it
+    answered with an error (a request error is not counted, see above)."""
+    if status in REQUEST_ERROR_STATUSES:
+        try:
+            _script(_RELEASE)(keys=_keys(model))
+        except redis.RedisError as exc:
+            logger.warning("circuit breaker probe not released for %s: %s", model, exc)
+        return
     try:
         outcome = _script(_RECORD)(
             keys=_keys(model),

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
@@ -12,8 +13,37 @@ class DomainInline(admin.TabularInline[Domain, Tenant]):
     extra = 0
 
 
+class TenantForm(forms.ModelForm[Tenant]):
+    """The tenant's webhook and alert URLs are called by our workers: the same
+    rules as a job's webhook (http(s), public addresses) apply when they are saved,
+    and again at every delivery."""
+
+    class Meta:
+        model = Tenant
+        fields = ("webhook_url", "alert_webhook_url")  # the admin adds its other fields
+
+    def _checked_url(self, field: str) -> str:
+        from apps.core.errors import ApiError
+        from apps.jobs.webhooks import webhook_url_check
+
+        url: str = self.cleaned_data.get(field) or ""
+        if url:
+            try:
+                webhook_url_check(url, param=field)
+            except ApiError as exc:
+                raise forms.ValidationError(exc.message) from exc
+        return url
+
+    def clean_webhook_url(self) -> str:
+        return self._checked_url("webhook_url")
+
+    def clean_alert_webhook_url(self) -> str:
+        return self._checked_url("alert_webhook_url")
+
+
 @admin.register(Tenant, site=operator_site)
 class TenantAdmin(admin.ModelAdmin[Tenant]):
+    form = TenantForm
     list_display = ("schema_name", "name", "is_active", "ratelimit_fail_open", "created_at")
     list_filter = ("is_active", "ratelimit_fail_open")
     search_fields = ("schema_name", "name")

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
+from django_tenants.utils import get_public_schema_name
 
 from apps.accounts.keys import parse_bearer
 
@@ -13,6 +15,8 @@ from .selectors import tenant_for_key_prefix
 
 # Paths whose tenant comes from the API key rather than the Host header.
 API_PATH_PREFIXES = ("/api/v1/", "/v1/")
+# What a Host that is neither PUBLIC_DOMAIN nor a tenant's gets: the API only.
+API_URLCONF = "aiplatform.urls_api"
 
 
 def activate_key_tenant(authorization: str) -> Tenant | None:
@@ -34,10 +38,12 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
 
     API calls carry `Authorization: Bearer aip_<prefix>_<secret>`: the prefix maps
     (public schema, cached) to the tenant, so an API request costs no Host lookup
-    and works on any host name. Everything else (the admin) is resolved by Host as
-    django-tenants does: `localhost` is the operator's admin, `<tenant>.localhost`
-    a tenant's. A missing or unknown key leaves the request on the public URLconf,
-    where the API views answer 401.
+    and works on any host name. Everything else is resolved by Host as
+    django-tenants does, with one rule of ours: the operator admin (and /metrics)
+    answer on PUBLIC_DOMAIN only. A tenant's domain gets its admin; any other host
+    (unknown, or another domain row of the public schema) gets the API alone, so
+    a forged Host never reaches the operator admin. A missing or unknown key
+    leaves an API request on that API-only URLconf, where the views answer 401.
     """
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
@@ -47,8 +53,19 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
                 request.tenant = tenant  # type: ignore[attr-defined]
                 request.urlconf = settings.ROOT_URLCONF
             else:
-                request.urlconf = settings.PUBLIC_SCHEMA_URLCONF
+                request.urlconf = API_URLCONF
             set_urlconf(request.urlconf)
             return None
         response: HttpResponse | None = super().process_request(request)
-        return response
+        if response is not None:
+            return response
+        tenant = getattr(request, "tenant", None)
+        if tenant is None or tenant.schema_name == get_public_schema_name():
+            try:
+                hostname = self.hostname_from_request(request)
+            except DisallowedHost:  # super() already answered 404 for these
+                hostname = ""
+            if hostname != settings.PUBLIC_DOMAIN.lower():
+                request.urlconf = API_URLCONF
+                set_urlconf(request.urlconf)
+        return None

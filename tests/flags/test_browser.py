@@ -32,7 +32,10 @@ def browser() -> Iterator[Any]:
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    # The operator admin answers on PUBLIC_DOMAIN only (testserver in tests): the
+    # browser resolves that name to the loopback server.
+    arguments = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu")
+    for argument in (*arguments, "--host-resolver-rules=MAP testserver 127.0.0.1"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(5)
@@ -54,7 +57,8 @@ def test_an_operator_sets_a_rollout_in_the_admin_and_the_api_sees_it(
     api = committed_personas.alice.client()
     assert api.get("/api/v1/flags").json()["data"][0]["routes_to"] == "local-small"
     try:
-        browser.get(f"{platform_server.url}/admin/login/?next=/admin/flags/flag/")
+        site = platform_server.url.replace("127.0.0.1", "testserver")
+        browser.get(f"{site}/admin/login/?next=/admin/flags/flag/")
         browser.find_element(By.NAME, "username").send_keys("op-browser")
         browser.find_element(By.NAME, "password").send_keys("pw-browser-1")
         browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()

@@ -62,11 +62,11 @@ def test_tenant_bucketing_moves_a_whole_tenant_together():
 def test_allow_deny_tier_and_time_window():
     alice = Subject("acme", 1, "Alice@acme.test", "standard")
     carol = Subject("globex", 2, "carol@globex.test", "premium")
-    assert evaluate(_rule("0", allow_users=frozenset({"alice@acme.test"})), alice, NOW)
+    assert evaluate(_rule("0", allow_users=frozenset({"acme:alice@acme.test"})), alice, NOW)
     assert evaluate(_rule("0", allow_tenants=frozenset({"globex"})), carol, NOW)
-    assert not evaluate(_rule("100", deny_users=frozenset({"alice@acme.test"})), alice, NOW)
+    assert not evaluate(_rule("100", deny_users=frozenset({"acme:alice@acme.test"})), alice, NOW)
     assert not evaluate(
-        _rule("100", deny_tenants=frozenset({"acme"}), allow_users=frozenset({"alice@acme.test"})), alice, NOW
+        _rule("100", deny_tenants=frozenset({"acme"}), allow_users=frozenset({"acme:alice@acme.test"})), alice, NOW
     )
     assert not evaluate(_rule("100", tier="premium"), alice, NOW)
     assert evaluate(_rule("100", tier="premium"), carol, NOW)
@@ -162,7 +162,7 @@ def test_the_cohorts_are_compared_side_by_side(worker, committed_personas: Perso
         enabled=True,
         model="premium-large",
         rollout_model="local-small",
-        allow_users=["alice@acme.test"],  # alice on, everyone else at 0%: off
+        allow_users=["acme:alice@acme.test"],  # alice on, everyone else at 0%: off
     )
     body = {"model": "premium-large", "messages": [{"role": "user", "content": "compare us"}]}
     for persona in (alice, bob):

@@ -79,6 +79,6 @@ def test_compose_runs_prometheus_and_grafana_under_a_profile_and_scrapes_every_w
     targets = {
         target for job in config["scrape_configs"] for group in job["static_configs"] for target in group["targets"]
     }
-    workers = {name for name in services if name == "worker" or name.startswith("worker-llm-")}
+    workers = {name for name in services if name == "worker" or name.startswith("worker-")}
     assert targets == {"web:8000"} | {f"{name}:9400" for name in workers}
     assert "PROMETHEUS_MULTIPROC_DIR" in " ".join(services["web"]["command"])

@@ -1,8 +1,10 @@
-"""Admin sites are resolved by Host: localhost is the operator's, <tenant>.<domain> a tenant's."""
+"""Admin sites are resolved by Host: PUBLIC_DOMAIN (localhost; testserver in tests) is the
+operator's, <tenant>.<domain> a tenant's."""
 
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
@@ -62,4 +64,4 @@ def test_seed_demo_is_idempotent(db, platform, capsys):
     assert "Demo API key" in first
     assert "already has a key" in second
     assert Tenant.objects.filter(schema_name="demo").count() == 1
-    assert Domain.objects.filter(domain="localhost").exists()
+    assert Domain.objects.filter(domain=settings.PUBLIC_DOMAIN).exists()
