@@ -54,6 +54,14 @@ class LLMModel(models.Model):
     output_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M output tokens"
     )
+    job_timeout_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="A job's wall-clock deadline on this model, from its start: no call starts after it, and a"
+        " running call is stopped at it (charged for what it used, the job failed `timeout`). Reasoning models"
+        " think for minutes. Blank: JOB_DEADLINE_SECONDS; at most JOB_TIMEOUT_MAX_SECONDS.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -28,6 +28,12 @@ class ModelSpec:
     tokens_per_minute: int | None = None
     requests_per_minute: int | None = None
     encoding: str = CL100K  # the tiktoken encoding its tokens are counted with
+    job_timeout_seconds: int | None = None  # blank: JOB_DEADLINE_SECONDS
+
+    @property
+    def job_timeout(self) -> int:
+        """A job's deadline on this model, in seconds from its start."""
+        return min(self.job_timeout_seconds or settings.JOB_DEADLINE_SECONDS, settings.JOB_TIMEOUT_MAX_SECONDS)
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -49,6 +55,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             tokens_per_minute=row.tokens_per_minute,
             requests_per_minute=row.requests_per_minute,
             encoding=encoding_for_model(row.provider_model_name, row.tokenizer),
+            job_timeout_seconds=row.job_timeout_seconds,
         )
         for row in LLMModel.objects.all()
     }
