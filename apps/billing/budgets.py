@@ -222,7 +222,7 @@ class BudgetExceeded(ApiError):
                 if show_amounts
                 else ""
             )
-            cost = f" up to {format_usd(amount)}" if show_amounts else ""
+            cost = f" up to {format_usd(amount)}," if show_amounts else ""
             if fits_max_tokens:
                 fix = f" A max_tokens of {fits_max_tokens} or less would fit."
             else:

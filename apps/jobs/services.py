@@ -688,6 +688,7 @@ def _job_stopped(
     fails the job (once), a cancelled job stays cancelled (its stream already ended)."""
     step_spec = stop.spec or fallback_spec
     used_in = used_out = cost = 0
+    held_at = _hold_time(job)
     if step_spec is not None and (stop.sent or stop.partial_output):
         used_in = job.input_tokens_estimate or 0
         used_out = count_text_tokens(stop.partial_output, step_spec.encoding)
@@ -703,7 +704,7 @@ def _job_stopped(
             output_tokens=used_out,
             cost=cost,
             note=f"stopped: {stop.reason} (counted)",
-            at=_hold_time(job),
+            at=held_at,
         )
     Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.CANCELLED]).update(
         cost_micros=cost, input_tokens=used_in, output_tokens=used_out, usage_estimated=True
@@ -725,7 +726,9 @@ def _job_stopped(
         )
     if plan is not None and plan.key:
         _flight_land(job=job, plan=plan, answer=None)
-    budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
+    budget_after_charge(
+        tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email, at=held_at
+    )
 
 
 @dataclass(frozen=True)
