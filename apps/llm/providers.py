@@ -8,6 +8,7 @@ hidden loop inside the client.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import functools
 import json
@@ -87,8 +88,9 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 class CallWatch:
     """What may stop a running call before it ends: its job's cancel (`stop` from a
     watcher that polls for it) or its deadline (epoch seconds). The stream loop
-    checks `reason()` on every line; `stop` also closes the response (attached by
-    the call), so a provider that is silent does not keep the call waiting."""
+    checks `reason()` on every line; `stop` also interrupts the response's read
+    (attached by the call), so a provider that is silent does not keep the call
+    waiting."""
 
     __slots__ = ("_close", "_reason", "deadline", "key")
 
@@ -280,7 +282,7 @@ def _chat_stream(
             **dict(params),
         ) as response:
             if watch is not None:
-                watch.attach(response.close)
+                watch.attach(_interrupter(response))
             for line in response.iter_lines():
                 if watch is not None and watch.reason():
                     raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
@@ -354,6 +356,28 @@ def _chat_stream(
         response_id=response_id,
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
     )
+
+
+def _interrupter(response: Any) -> Callable[[], None]:
+    """What stops a read blocked on this response from another thread or greenlet:
+    shutting its socket down (the reader then sees the connection end). Closing the
+    response from there would not wake a thread blocked in recv(), and would pull
+    the connection from under the reader."""
+    sock = None
+    with contextlib.suppress(Exception):
+        stream = response.http_response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def interrupt() -> None:
+        if sock is None:
+            return
+        raw = getattr(sock, "_sock", sock)  # gevent wraps the OS socket
+        # The plain socket's shutdown, not TLS's (which would tear its state down
+        # while the reader still uses it).
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            _socket.socket.shutdown(raw, _socket.SHUT_RDWR)
+
+    return interrupt
 
 
 def _status_error_message(exc: openai.APIStatusError) -> str:

@@ -38,6 +38,7 @@ from apps.jobs.services import job_execute, jobs_requeue_stale
 from apps.llm.tokens import count_message_tokens
 from tests.billing import conftest as billing
 from tests.billing.conftest import LONG_REPLY, chat_bodies
+from tests.jobs import test_gevent_worker
 from tests.support import Persona, Personas, http_client, job_until_final, wait_for
 
 micro_priced = billing.micro_priced  # the fixture: calls cost exactly their output tokens
@@ -470,4 +471,66 @@ def test_a_plain_user_key_learns_only_what_concerns_its_user(committed_personas:
         UserBudget.objects.create(user_id=alice.user_id, period="day", limit_usd=Decimal("0.000001"))
     own = alice.client().post("/api/v1/jobs", body, format="json").json()["error"]
     assert own["code"] == "budget_exceeded" and "of your daily budget ($0.000001 of $0.000001 left)" in own["message"]
+    _store().delete("llm.routing-probe")
+
+
+def _silent_provider_cancel(persona: Persona, upstream: Any, model: str) -> LedgerEntry:
+    """Cancel a running job whose provider has sent its first (empty) chunk and then
+    says nothing for a minute: only closing the response can stop the call."""
+    with tenant_context(persona.tenant):
+        UserBudget.objects.create(user_id=persona.user_id, period="day", limit_usd=Decimal("10"))
+    upstream.configure(chunk_delay_ms=60_000)
+    client = persona.client()
+    job_id = client.post("/api/v1/jobs", {"model": model, "messages": MESSAGES}, format="json").json()["id"]
+    with tenant_context(persona.tenant):
+        wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING)
+    wait_for(lambda: upstream.stats()["chat_per_model"].get(model) == 1)  # the request is out
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    with tenant_context(persona.tenant):
+        # Well before the request timeout (10 s in tests) would end the call.
+        charge: LedgerEntry = wait_for(
+            lambda: LedgerEntry.objects.filter(job_id=job_id, kind=LedgerKind.CHARGE).first(), timeout=5
+        )
+    assert charge.output_tokens == 0 and charge.input_tokens > 0  # the prompt was sent: it is paid for
+    wait_for(lambda: _counter(persona, "user").get("reserved") == 0)
+    assert _counter(persona, "user") == {"spent": charge.cost_micros, "reserved": 0}
+    return charge
+
+
+def test_a_cancel_stops_a_call_whose_provider_is_silent(worker, committed_personas: Personas, upstream):
+    _silent_provider_cancel(committed_personas.alice, upstream, "local-small")
+
+
+gevent_worker = test_gevent_worker.gevent_worker  # the production worker: a `-P gevent` process
+
+
+def test_a_cancel_stops_a_silent_call_on_the_gevent_worker(
+    platform_server, gevent_worker, committed_personas: Personas, upstream
+):
+    _silent_provider_cancel(committed_personas.alice, upstream, "pool-probe")
+
+
+def test_a_busy_budget_is_a_short_429_on_v1(platform_server, committed_personas: Personas):
+    """Holds in flight (a queued job nobody runs) take the room: OpenAI SDKs get a
+    429 `budget_busy` with a Retry-After of seconds, which they retry; the budget is
+    not spent, so nothing is switched off."""
+    import openai
+
+    alice = committed_personas.alice
+    spec = model_get("routing-probe")
+    assert spec is not None
+    body = {"model": "routing-probe", "messages": MESSAGES, "max_tokens": 50}
+    with tenant_context(alice.tenant):
+        UserBudget.objects.create(user_id=alice.user_id, period="day", limit_usd=Decimal("0.000050"))
+    # 32 micro-dollars held of 50: another hold of 32 fits what is spent, not what is held.
+    assert alice.client().post("/api/v1/jobs", body, format="json").status_code == 202
+    sdk = openai.OpenAI(base_url=f"{platform_server.url}/v1", api_key=alice.key, max_retries=0)
+    try:
+        sdk.chat.completions.create(**body)  # type: ignore[call-overload]
+        raise AssertionError("admitted past the holds")
+    except openai.RateLimitError as caught:
+        assert caught.status_code == 429 and caught.code == "budget_busy"
+        assert caught.response.headers["Retry-After"] == str(settings.BUDGET_BUSY_RETRY_SECONDS)
+        assert "$" in caught.message  # her own budget: its amounts are hers to see
+    assert not KillSwitch.objects.filter(active=True).exists()
     _store().delete("llm.routing-probe")
