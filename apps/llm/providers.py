@@ -232,12 +232,18 @@ def chat_stream(
     usage counted with tiktoken and marked estimated. A stream that breaks before
     its finish reason is a failure, never a silently truncated answer.
 
-    `max_tokens` is always sent (output_allowance): what the budget held. A
+    The output allowance is always sent (output_allowance; as
+    `max_completion_tokens` to OpenAI, else `max_tokens`): what the budget held. A
     `watch` that says stop (cancel, deadline) ends the call: CallStopped with
     the text so far."""
     if watch is not None and watch.reason():
         raise CallStopped(watch.reason() or "", sent=False)
-    params = {**params, "max_tokens": output_allowance(spec, params.get("max_tokens"))}
+    params_max_tokens = params.get("max_tokens")
+    params = {key: value for key, value in params.items() if key != "max_tokens"}
+    # OpenAI's own API names it max_completion_tokens (its reasoning models refuse
+    # max_tokens); the servers that speak its protocol know max_tokens.
+    allowance_field = "max_completion_tokens" if spec.provider == "openai" else "max_tokens"
+    params[allowance_field] = output_allowance(spec, params_max_tokens)
     pieces: list[str] = []
     try:
         return _chat_stream(spec, messages=messages, params=params, on_delta=on_delta, watch=watch, pieces=pieces)

@@ -154,7 +154,7 @@ def test_a_request_is_held_and_sent_at_what_fits_what_is_left(
     assert fitted.status_code == 202
     job = job_until_final(client, fitted.json()["id"])
     assert job["status"] == "succeeded" and job["usage"]["output_tokens"] == 50
-    assert chat_bodies(upstream)[-1]["max_tokens"] == 50
+    assert chat_bodies(upstream)[-1]["max_completion_tokens"] == 50
     with tenant_context(alice.tenant):
         assert Job.objects.get(pk=job["id"]).reserved_micros == 50
     assert _tenant_spent(alice) == 50
@@ -175,7 +175,7 @@ def test_the_provider_is_always_sent_the_max_tokens_that_was_held(
         client, client.post("/api/v1/jobs", {"model": "local-small", "messages": MESSAGES}, format="json").json()["id"]
     )
     assert job["status"] == "succeeded"
-    assert chat_bodies(upstream)[-1]["max_tokens"] == 1024  # local-small's max_output_tokens
+    assert chat_bodies(upstream)[-1]["max_completion_tokens"] == 1024  # local-small's max_output_tokens
 
     LLMModel.objects.filter(slug="local-small").update(provider="llama.cpp")
     catalog_cache_clear()
@@ -194,6 +194,8 @@ def test_the_provider_is_always_sent_the_max_tokens_that_was_held(
             output_price=spec.output_price_per_mtok,
         )
         assert job_until_final(client, response.json()["id"])["status"] == "succeeded"
+        sent = chat_bodies(upstream)[-1]
+        assert sent["max_tokens"] == 1024 and "max_completion_tokens" not in sent  # servers speaking its protocol
     finally:
         LLMModel.objects.filter(slug="local-small").update(provider="openai")
         catalog_cache_clear()
