@@ -224,14 +224,13 @@ class BudgetExceeded(ApiError):
             )
             cost = f" up to {format_usd(amount)}," if show_amounts else ""
             if fits_max_tokens:
-                fix = f" A max_tokens of {fits_max_tokens} or less would fit."
+                fix, param = f" A max_tokens of {fits_max_tokens} or less would fit.", "max_tokens"
             else:
-                fix = " Its input alone costs more than what is left."
+                fix, param = " Its input alone costs more than what is left.", "messages"
             message = (
                 f"This request may cost{cost} more than what is left of {whose.lower()} {period} budget{left}.{fix}"
                 f" The budget resets at {resets}."
             )
-            param = "max_tokens"
         super().__init__(
             message,
             param=param,
@@ -368,6 +367,10 @@ def budget_hold(
         budget, window = budgets[index], windows[index]
         spent, reserved = int(result[2]), int(result[3])
         show = budget.scope == "user" or principal.is_admin
+        fits = fit(budget.limit_micros - spent) if fit is not None and result[0] == TOO_LARGE else None
+        if adjust and fits is not None and fits[1] < amount:
+            fitted, amount = fits
+            continue
         metrics.record_budget_rejection(budget.scope, budget.period, schema)
         if result[0] == BUSY:
             raise BudgetBusy(budget=budget, spent=spent, reserved=reserved, show_amounts=show)
@@ -378,10 +381,6 @@ def budget_hold(
             )  # fmt: skip
             raise BudgetExceeded(budget=budget, window=window, spent=spent, reserved=reserved, amount=amount,
                                  show_amounts=show)  # fmt: skip
-        fits = fit(budget.limit_micros - spent) if fit is not None else None
-        if adjust and fits is not None and fits[1] < amount:
-            fitted, amount = fits
-            continue
         raise BudgetExceeded(
             budget=budget,
             window=window,
