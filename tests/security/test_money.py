@@ -536,3 +536,24 @@ def test_a_busy_budget_is_a_short_429_on_v1(platform_server, committed_personas:
         assert "$" in caught.message  # her own budget: its amounts are hers to see
     assert not KillSwitch.objects.filter(active=True).exists()
     _store().delete("llm.routing-probe")
+
+
+def test_the_models_deadline_holds_on_the_gevent_worker(
+    platform_server, gevent_worker, committed_personas: Personas, upstream
+):
+    """Where the soft time limit does nothing: the job's own deadline (the catalog's,
+    per model) still stops the call; charged, failed `timeout`, claimed once."""
+    alice = committed_personas.alice
+    LLMModel.objects.filter(slug="pool-probe").update(job_timeout_seconds=1)
+    upstream.configure(reply=LONG_REPLY, chunk_delay_ms=50)
+    try:
+        client = alice.client()
+        body = {"model": "pool-probe", "messages": MESSAGES, "max_tokens": 400}
+        job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
+    finally:
+        LLMModel.objects.filter(slug="pool-probe").update(job_timeout_seconds=None)
+    assert job["status"] == "failed" and job["error"]["type"] == "timeout"
+    with tenant_context(alice.tenant):
+        entries = list(LedgerEntry.objects.filter(job_id=job["id"]))
+        assert Job.objects.get(pk=job["id"]).attempts == 1
+    assert [e.kind for e in entries] == [LedgerKind.CHARGE] and 0 < entries[0].output_tokens < 400
