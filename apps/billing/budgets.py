@@ -61,6 +61,10 @@ from .models import LedgerEntry, LedgerKind, UserBudget
 from .money import format_usd, micros_from_usd
 
 RESERVATION_TTL_SECONDS = 2 * 24 * 3600
+# A settled job's marker (what it added to `spent`) only has to outlive the late
+# settles it guards against: a cancelled job's worker (seconds), the settlement
+# retries and the sweep (minutes).
+SETTLED_TTL_SECONDS = 6 * 3600
 COUNTER_GRACE = timedelta(days=2)  # counters outlive their period (late settlements land in it)
 SPEND_KINDS = (LedgerKind.CHARGE, LedgerKind.REFUND, LedgerKind.ADJUSTMENT)
 
@@ -487,7 +491,7 @@ def budget_settle(*, schema: str, job_id: uuid.UUID, actual_micros: int) -> bool
     True when this call changed the counters."""
     settle = _script(_SETTLE)
     keys = [reservation_key(schema=schema, job_id=job_id), settled_key(schema=schema, job_id=job_id)]
-    return bool(settle(keys=keys, args=[actual_micros, RESERVATION_TTL_SECONDS]))
+    return bool(settle(keys=keys, args=[actual_micros, SETTLED_TTL_SECONDS]))
 
 
 def budget_hold_time(*, schema: str, job_id: uuid.UUID) -> datetime | None:

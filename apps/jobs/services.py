@@ -21,7 +21,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.selectors import Principal
-from apps.billing.budgets import budget_after_charge, budget_hold, budget_hold_time, budget_release, budget_settle
+from apps.billing.budgets import (
+    SETTLED_TTL_SECONDS,
+    budget_after_charge,
+    budget_hold,
+    budget_hold_time,
+    budget_release,
+    budget_settle,
+)
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, chain_fit, chain_worst_case, ledger_cached, ledger_record
 from apps.cache.embedder import EmbedderError, PromptTooLong
@@ -257,7 +264,7 @@ def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int | None) -> No
     # Exactly once per job: a cancel racing the worker (or a redelivery) must not
     # give the tokens back twice. The first to set the marker settles.
     marker = f"aip:{{{current_schema()}}}:rlsettled:{job.pk}"
-    if not redis_client().set(marker, 1, nx=True, ex=2 * 24 * 3600):
+    if not redis_client().set(marker, 1, nx=True, ex=SETTLED_TTL_SECONDS):
         return
     buckets = buckets_for(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, spec=spec)
     if used is None:
