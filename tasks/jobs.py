@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
@@ -27,13 +28,26 @@ def job_run(*, job_id: str, model: str) -> None:
     try:
         with jobs_in_flight(model).track_inprogress():
             job_execute(job_id=pk)
-    except SoftTimeLimitExceeded:
+    except (SoftTimeLimitExceeded, TimeLimitExceeded):
         job_fail_unexpectedly(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
     except Exception:
         job_fail_unexpectedly(
             job_id=pk, error_type="internal_error", message="The worker failed while running this job."
         )
         raise
+    except BaseException as exc:
+        # The gevent pool's hard limit is a gevent.Timeout (a BaseException, past
+        # `except Exception`): fail the job once, or it would sit in `running` and be
+        # re-run when its lease expires. The job's own deadline (the catalog's
+        # job_timeout_seconds) normally ends it well before.
+        if _is_time_limit(exc):
+            job_fail_unexpectedly(job_id=pk, error_type="timeout", message="The job exceeded its time limit.")
+        raise
+
+
+def _is_time_limit(exc: BaseException) -> bool:
+    gevent = sys.modules.get("gevent")
+    return gevent is not None and isinstance(exc, gevent.Timeout)
 
 
 @app.task(name="jobs.requeue_stale", ignore_result=True)

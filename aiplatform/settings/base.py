@@ -222,6 +222,13 @@ CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
 # Budget limits (not the counters, which are atomic in Redis) are cached this long
 # per user: an edited limit takes effect within it.
 BUDGET_CACHE_SECONDS = env_int("BUDGET_CACHE_SECONDS", 5, minimum=0)
+# A request refused because holds of requests in flight take a budget's room (not
+# because the budget is spent) is told to retry after this many seconds.
+BUDGET_BUSY_RETRY_SECONDS = env_int("BUDGET_BUSY_RETRY_SECONDS", 2, minimum=1)
+# Input tokens of models whose tokenizer we only approximate (any provider but
+# OpenAI: counted in a tiktoken encoding) are held at this much more, so the
+# provider's own count stays inside the hold.
+BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT = env_int("BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT", 25, minimum=0)
 # Active kill switches are read from Postgres at most this often per process (a
 # flip reaches every process within it; the flipping process at once).
 KILL_SWITCH_CACHE_SECONDS = env_int("KILL_SWITCH_CACHE_SECONDS", 2, minimum=0)
@@ -244,6 +251,17 @@ LLM_RETRY_MAX_SECONDS = env_float("LLM_RETRY_MAX_SECONDS", 8.0, minimum=0.0)
 # Three calls' worth by default: a call that hangs until its timeout still leaves
 # time for a retry or the next model in the chain.
 JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", 3 * LLM_REQUEST_TIMEOUT_SECONDS, minimum=1)
+# A catalog model may set its own deadline (`job_timeout_seconds`: reasoning models
+# think for minutes), up to this; the task limits, claim leases and the broker's
+# visibility timeout are sized from it.
+JOB_TIMEOUT_MAX_SECONDS = env_int("JOB_TIMEOUT_MAX_SECONDS", max(3600, JOB_DEADLINE_SECONDS), minimum=1)
+# A settlement that Redis refused (after the charge is in the ledger) is retried
+# for this long before the job is left to the budget sweep, which settles it from
+# the job's recorded cost.
+BUDGET_SETTLE_RETRY_SECONDS = env_float("BUDGET_SETTLE_RETRY_SECONDS", 30.0, minimum=0.0)
+# How often a running provider call looks for its job's cancel flag (one Redis
+# round trip per worker process for all its calls) and its deadline.
+JOB_STOP_CHECK_SECONDS = env_float("JOB_STOP_CHECK_SECONDS", 0.5, minimum=0.05)
 # Circuit breakers per model (apps/llm/breaker.py), shared through Redis.
 BREAKER_FAILURES = env_int("BREAKER_FAILURES", 5, minimum=1)
 BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.5, minimum=0.0)
@@ -300,7 +318,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = JOB_DEADLINE_SECONDS + LLM_REQUEST_TIMEOUT_SECONDS
 CELERY_TASK_TIME_LIMIT = JOB_DEADLINE_SECONDS + LLM_REQUEST_TIMEOUT_SECONDS + 60
 # Redis redelivers an unacked message after visibility_timeout: keep it well above
 # the hard limit, or a long acks-late job would run twice.
-_VISIBILITY_TIMEOUT = CELERY_TASK_TIME_LIMIT * 2 + 600
+_VISIBILITY_TIMEOUT = (max(JOB_DEADLINE_SECONDS, JOB_TIMEOUT_MAX_SECONDS) + LLM_REQUEST_TIMEOUT_SECONDS + 60) * 2 + 600
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY_TIMEOUT}
 CELERY_VISIBILITY_TIMEOUT = _VISIBILITY_TIMEOUT

@@ -10,6 +10,13 @@ passes, adds the amount to each one's `reserved`: atomic, so two hundred request
 racing for the last cent admit exactly as many as fit. Settlement replaces the
 reservation with the actual cost; a failed or cancelled job releases it.
 
+Three refusals, told apart by the script: the budget is used up (its *settled*
+spend reached the limit: the hard limit, which switches the user or tenant off
+until the period ends), the request is larger than what is left (402 naming the
+`max_tokens` that would fit; a request that set none is held, and sent, with the
+largest output that fits), or holds of requests in flight take the room
+(`budget_busy`, a few seconds' Retry-After, nothing flipped).
+
 Why Redis and not a row-locked Postgres UPDATE: every submission touches the same
 tenant-wide counters, and a row lock would serialise a tenant's submissions behind
 each other's transactions (and lengthen the submission, which is otherwise one
@@ -19,8 +26,12 @@ Postgres stays the truth. The ledger (apps/billing/models.py) records every
 charge; a budget counter (a Redis hash `spent`/`reserved` per scope and period,
 tenant-tagged keys) is rebuilt from the ledger whenever it is missing (a new
 period, or Redis lost its data), and expires two days after its period. The
-reservation of each job is a record of its own (amount and counters), so
-settling twice changes nothing.
+reservation of each job is a record of its own (amount, counters, the time it was
+made), so a hold made before midnight is settled into the period it was made in.
+Settlement is exactly once and order-free: the first settle or release gives the
+hold back and leaves a marker with what it added to `spent`; a later settle with a
+larger actual cost (a cancelled job's worker, after the sweep released its hold)
+adds only the difference, and a release after a settle changes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,48 +61,78 @@ from .models import LedgerEntry, LedgerKind, UserBudget
 from .money import format_usd, micros_from_usd
 
 RESERVATION_TTL_SECONDS = 2 * 24 * 3600
+# A settled job's marker (what it added to `spent`) only has to outlive the late
+# settles it guards against: a cancelled job's worker (seconds), the settlement
+# retries and the sweep (minutes).
+SETTLED_TTL_SECONDS = 6 * 3600
 COUNTER_GRACE = timedelta(days=2)  # counters outlive their period (late settlements land in it)
 SPEND_KINDS = (LedgerKind.CHARGE, LedgerKind.REFUND, LedgerKind.ADJUSTMENT)
 
 # KEYS: the budget counters, then the reservation record.
-# ARGV: amount, reservation TTL, then one limit per counter.
-# -> {1} reserved | {0, i, spent, reserved} counter i would overflow | {-1, i} counter i is missing
+# ARGV: amount, reservation TTL, the hold's time (epoch seconds), then one limit per counter.
+# -> {1} reserved | {-1, i} counter i is missing | {verdict, i, spent, reserved} refused by
+# counter i, the most severe verdict over all counters: 2 used up (spent >= limit),
+# 3 larger than what is left (spent + amount > limit), 0 busy (the holds in flight
+# take the room: spent + reserved + amount > limit).
 _RESERVE = """
 local amount = tonumber(ARGV[1])
 local n = #KEYS - 1
 if redis.call('EXISTS', KEYS[n + 1]) == 1 then return {1} end
+local rank = {[1] = 0, [0] = 1, [3] = 2, [2] = 3}
+local verdict, at, at_spent, at_reserved = 1, 0, 0, 0
 for i = 1, n do
   local state = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
   if not state[1] then return {-1, i} end
   local spent = tonumber(state[1])
   local reserved = tonumber(state[2] or '0')
-  if spent + reserved + amount > tonumber(ARGV[2 + i]) then return {0, i, spent, reserved} end
+  local limit = tonumber(ARGV[3 + i])
+  local v = 1
+  if amount > 0 and spent >= limit then v = 2
+  elseif spent + amount > limit then v = 3
+  elseif spent + reserved + amount > limit then v = 0 end
+  if rank[v] > rank[verdict] then verdict, at, at_spent, at_reserved = v, i, spent, reserved end
 end
+if verdict ~= 1 then return {verdict, at, at_spent, at_reserved} end
 for i = 1, n do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
-redis.call('HSET', KEYS[n + 1], 'amount', amount, 'counters', table.concat(KEYS, ' ', 1, n),
-           'at', redis.call('TIME')[1])
+redis.call('HSET', KEYS[n + 1], 'amount', amount, 'counters', table.concat(KEYS, ' ', 1, n), 'at', ARGV[3])
 redis.call('EXPIRE', KEYS[n + 1], tonumber(ARGV[2]))
 return {1}
 """
+USED_UP, TOO_LARGE, BUSY = 2, 3, 0
 
-# KEYS: the reservation record. ARGV: the actual cost.
-# Moves the reservation into `spent` as the actual cost, once: -> 1, or 0 when
-# there is no reservation (already settled or released, or never made).
-# The counters are named in the record, not in KEYS: they share the record's
-# `{tenant}` hash tag, so they live in the same slot.
+# KEYS: the reservation record, the job's settlement marker. ARGV: the actual cost,
+# the marker's TTL.
+# The first settle (or release, at 0) moves the hold out of `reserved` and the
+# actual cost into `spent`, and leaves the marker (what it added, the counters,
+# the hold's time): -> 1. A later settle with a larger cost adds the difference
+# (-> 2); anything else changes nothing (-> 0). The counters are named in the
+# record, not in KEYS: they share the record's `{tenant}` hash tag, so they live in
+# the same slot.
 _SETTLE = """
-local record = redis.call('HMGET', KEYS[1], 'amount', 'counters')
-if not record[1] then return 0 end
-local amount = tonumber(record[1])
 local actual = tonumber(ARGV[1])
-for counter in string.gmatch(record[2], '%S+') do
+local record = redis.call('HMGET', KEYS[1], 'amount', 'counters', 'at')
+if record[1] then
+  local amount = tonumber(record[1])
+  for counter in string.gmatch(record[2], '%S+') do
+    if redis.call('EXISTS', counter) == 1 then
+      redis.call('HINCRBY', counter, 'reserved', -amount)
+      redis.call('HINCRBY', counter, 'spent', actual)
+    end
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'applied', actual, 'counters', record[2], 'at', record[3] or '')
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+  return 1
+end
+local marker = redis.call('HMGET', KEYS[2], 'applied', 'counters')
+if not marker[1] or actual <= tonumber(marker[1]) then return 0 end
+for counter in string.gmatch(marker[2], '%S+') do
   if redis.call('EXISTS', counter) == 1 then
-    redis.call('HINCRBY', counter, 'reserved', -amount)
-    redis.call('HINCRBY', counter, 'spent', actual)
+    redis.call('HINCRBY', counter, 'spent', actual - tonumber(marker[1]))
   end
 end
-redis.call('DEL', KEYS[1])
-return 1
+redis.call('HSET', KEYS[2], 'applied', actual)
+return 2
 """
 
 
@@ -136,22 +177,97 @@ def reservation_key(*, schema: str, job_id: uuid.UUID | str) -> str:
     return f"aip:{{{schema}}}:resv:{job_id}"
 
 
+def settled_key(*, schema: str, job_id: uuid.UUID | str) -> str:
+    return f"aip:{{{schema}}}:settled:{job_id}"
+
+
+def _resets(window: Window) -> str:
+    return window.end.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _whose(budget: Budget) -> str:
+    return "Your" if budget.scope == "user" else "Your organisation's"
+
+
+def _period_word(budget: Budget) -> str:
+    return "daily" if budget.period == Period.DAY else "monthly"
+
+
 class BudgetExceeded(ApiError):
+    """The budget cannot take this request: used up (its settled spend reached the
+    limit), or the request may cost more than is left. Amounts are shown only to
+    whom they concern: the user their own budget's, a tenant admin key the
+    tenant's; a plain user key learns only that the organisation's budget is the
+    reason."""
+
     status_code = status.HTTP_402_PAYMENT_REQUIRED
     code = "budget_exceeded"
 
-    def __init__(self, *, budget: Budget, window: Window, spent: int, reserved: int, amount: int) -> None:
-        whose = "Your" if budget.scope == "user" else "Your organisation's"
-        period = "daily" if budget.period == Period.DAY else "monthly"
+    def __init__(
+        self,
+        *,
+        budget: Budget,
+        window: Window,
+        spent: int,
+        reserved: int,
+        amount: int,
+        used_up: bool = True,
+        fits_max_tokens: int | None = None,
+        show_amounts: bool = True,
+    ) -> None:
+        whose, period, resets = _whose(budget), _period_word(budget), _resets(window)
+        if used_up:
+            amounts = f" of {format_usd(budget.limit_micros)}" if show_amounts else ""
+            message = f"{whose} {period} budget{amounts} is used up; it resets at {resets}."
+            param = None
+        else:
+            left = (
+                f" ({format_usd(budget.limit_micros - spent)} of {format_usd(budget.limit_micros)} left)"
+                if show_amounts
+                else ""
+            )
+            cost = f" up to {format_usd(amount)}," if show_amounts else ""
+            if fits_max_tokens:
+                fix, param = f" A max_tokens of {fits_max_tokens} or less would fit.", "max_tokens"
+            else:
+                fix, param = " Its input alone costs more than what is left.", "messages"
+            message = (
+                f"This request may cost{cost} more than what is left of {whose.lower()} {period} budget{left}.{fix}"
+                f" The budget resets at {resets}."
+            )
         super().__init__(
-            f"{whose} {period} budget of {format_usd(budget.limit_micros)} would be exceeded: "
-            f"{format_usd(spent)} spent and {format_usd(reserved)} held for requests in flight, and this "
-            f"request may cost up to {format_usd(amount)}. The budget resets at "
-            f"{window.end.strftime('%Y-%m-%dT%H:%M:%SZ')}.",
+            message,
+            param=param,
             headers={"Retry-After": str(max(1, int((window.end - timezone.now()).total_seconds())))},
         )
         self.budget = budget
         self.window = window
+        self.used_up = used_up
+        self.fits_max_tokens = fits_max_tokens
+
+
+class BudgetBusy(ApiError):
+    """The budget has room, but holds of requests in flight take it: try again in a
+    few seconds (they settle at their actual cost, usually far below the hold).
+    Nothing is switched off."""
+
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    code = "budget_busy"
+    error_type = "rate_limit_error"
+
+    def __init__(self, *, budget: Budget, spent: int, reserved: int, show_amounts: bool) -> None:
+        amounts = (
+            f" ({format_usd(spent)} spent and {format_usd(reserved)} held of {format_usd(budget.limit_micros)})"
+            if show_amounts
+            else ""
+        )
+        retry = settings.BUDGET_BUSY_RETRY_SECONDS
+        super().__init__(
+            f"{_whose(budget)} {_period_word(budget)} budget is held by requests in flight{amounts}."
+            f" Retry in {retry} seconds.",
+            headers={"Retry-After": str(retry)},
+        )
+        self.budget = budget
 
 
 _budget_cache: TTLCache[tuple[Budget, ...]] = TTLCache()
@@ -185,14 +301,52 @@ def budgets_for(*, tenant_schema: str, user_id: int, tier: str) -> tuple[Budget,
     return _budget_cache.get_or_load((tenant_schema, user_id, tier), settings.BUDGET_CACHE_SECONDS, load)
 
 
-def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: int) -> bool:
-    """Hold `amount_micros` against every budget of the caller, or raise
-    BudgetExceeded naming the first that cannot take it. False when no budget
-    applies (nothing is held). Idempotent per job."""
+Fit = Callable[[int], "tuple[int, int] | None"]
+
+
+def budget_reserve(
+    *,
+    principal: Principal,
+    job_id: uuid.UUID,
+    amount_micros: int,
+    fit: Fit | None = None,
+    adjust: bool = False,
+    now: datetime | None = None,
+) -> int:
+    """Hold `amount_micros` against every budget of the caller: the amount held, 0
+    when no budget applies (nothing is held). Idempotent per job.
+
+    `fit(room)` is the largest request that fits `room` micro-dollars: (max_tokens,
+    its worst case), or None. A request larger than what is left of a budget is
+    refused naming that max_tokens; with `adjust` (the caller set no max_tokens)
+    it is held at that size instead, and `held_max_tokens` tells the caller what to
+    send. Raises BudgetExceeded (used up, or too large) or BudgetBusy (in-flight
+    holds take the room: try again soon)."""
+    return budget_hold(
+        principal=principal, job_id=job_id, amount_micros=amount_micros, fit=fit, adjust=adjust, now=now
+    ).amount
+
+
+@dataclass(frozen=True)
+class Hold:
+    amount: int  # micro-dollars held; 0: no budget applies
+    max_tokens: int | None = None  # the output it was fitted to (adjusted requests only)
+
+
+def budget_hold(
+    *,
+    principal: Principal,
+    job_id: uuid.UUID,
+    amount_micros: int,
+    fit: Fit | None = None,
+    adjust: bool = False,
+    now: datetime | None = None,
+) -> Hold:
+    """budget_reserve, saying what max_tokens an adjusted request was fitted to."""
     budgets = budgets_for(tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier)
     if not budgets:
-        return False
-    now = timezone.now()
+        return Hold(0)
+    now = now or timezone.now()
     windows = [period_window(b.period, now) for b in budgets]
     schema = principal.tenant_schema
     keys = [
@@ -202,34 +356,56 @@ def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: in
     keys.append(reservation_key(schema=schema, job_id=job_id))
     limits = [b.limit_micros for b in budgets]
     reserve = _script(_RESERVE)
-    for _ in range(len(budgets) + 1):
-        result: Sequence[int] = reserve(keys=keys, args=[amount_micros, RESERVATION_TTL_SECONDS, *limits])
+    amount, fitted = amount_micros, None
+    # Each pass hydrates a missing counter or shrinks the hold to a smaller room.
+    for _ in range(2 * len(budgets) + 2):
+        result: Sequence[int] = reserve(
+            keys=keys, args=[amount, RESERVATION_TTL_SECONDS, f"{now.timestamp():.6f}", *limits]
+        )
         if result[0] == 1:
-            return True
+            return Hold(amount, fitted)
         index = int(result[1]) - 1
         if result[0] == -1:
             _hydrate(keys[index], budgets[index], windows[index], principal)
             continue
-        refused = BudgetExceeded(
-            budget=budgets[index],
-            window=windows[index],
-            spent=int(result[2]),
-            reserved=int(result[3]),
-            amount=amount_micros,
+        budget, window = budgets[index], windows[index]
+        spent, reserved = int(result[2]), int(result[3])
+        show = budget.scope == "user" or principal.is_admin
+        fits = fit(budget.limit_micros - spent) if fit is not None and result[0] == TOO_LARGE else None
+        if adjust and fits is not None and fits[1] < amount:
+            fitted, amount = fits
+            continue
+        metrics.record_budget_rejection(budget.scope, budget.period, schema)
+        if result[0] == BUSY:
+            raise BudgetBusy(budget=budget, spent=spent, reserved=reserved, show_amounts=show)
+        if result[0] == USED_UP:
+            _hard_limit_reached(
+                tenant_schema=schema, user_id=principal.user_id, email=principal.email, budget=budget, window=window,
+                spent=spent,
+            )  # fmt: skip
+            raise BudgetExceeded(budget=budget, window=window, spent=spent, reserved=reserved, amount=amount,
+                                 show_amounts=show)  # fmt: skip
+        raise BudgetExceeded(
+            budget=budget,
+            window=window,
+            spent=spent,
+            reserved=reserved,
+            amount=amount,
+            used_up=False,
+            fits_max_tokens=fits[0] if fits is not None else None,
+            show_amounts=show,
         )
-        _hard_limit_reached(principal, budgets[index], windows[index], spent=int(result[2]), refused=refused)
-        metrics.record_budget_rejection(budgets[index].scope, budgets[index].period, schema)
-        raise refused
-    raise RuntimeError("budget counters kept disappearing while reserving")  # pragma: no cover
+    raise RuntimeError("budget counters kept changing while reserving")  # pragma: no cover
 
 
 def _hard_limit_reached(
-    principal: Principal, budget: Budget, window: Window, *, spent: int, refused: BudgetExceeded
+    *, tenant_schema: str, user_id: int, email: str, budget: Budget, window: Window, spent: int
 ) -> None:
-    """The first refusal of a period is the hard limit reached: alert once, and
-    switch the user (or tenant) off until the period resets (reset_budgets clears
-    automatic switches). An operator who turns that switch back off mid-period is
-    not overruled: the alert, and with it the flip, happen once per period."""
+    """Settled spend reached the limit: alert once, and switch the user (or tenant)
+    off until the period resets (reset_budgets clears automatic switches). Never a
+    refusal's doing: holds in flight are not spend. An operator who turns that
+    switch back off mid-period is not overruled: the alert, and with it the flip,
+    happen once per period."""
     from apps.controls.models import SwitchLevel
     from apps.controls.switches import switch_set
     from apps.tenants.models import Tenant
@@ -237,34 +413,42 @@ def _hard_limit_reached(
     from .alerts import alert_once
 
     if not alert_once(
-        schema=principal.tenant_schema,
+        schema=tenant_schema,
         budget=budget,
         window=window,
         kind="hard",
         spent=spent,
-        user_id=principal.user_id,
-        user_email=principal.email,
+        user_id=user_id,
+        user_email=email,
     ):
         return
-    tenant = Tenant.objects.get(schema_name=principal.tenant_schema)
+    tenant = Tenant.objects.get(schema_name=tenant_schema)
+    period = _period_word(budget)
     if budget.scope == "tenant":
+        # Every user of the tenant reads this reason: no amounts.
+        reason = f"The organisation's {period} budget is used up (hard limit); it resets at {_resets(window)}."
         switch_set(level=SwitchLevel.TENANT, tenant=tenant, active=True, actor="system:budget",
-                   reason=refused.message, automatic=True, period=window.ident)  # fmt: skip
+                   reason=reason, automatic=True, period=window.ident)  # fmt: skip
     else:
-        switch_set(level=SwitchLevel.USER, tenant=tenant, user_id=principal.user_id, user_email=principal.email,
-                   active=True, actor="system:budget", reason=refused.message, automatic=True,
+        reason = (
+            f"Your {period} budget of {format_usd(budget.limit_micros)} is used up ({format_usd(spent)} spent,"
+            f" hard limit); it resets at {_resets(window)}."
+        )
+        switch_set(level=SwitchLevel.USER, tenant=tenant, user_id=user_id, user_email=email,
+                   active=True, actor="system:budget", reason=reason, automatic=True,
                    period=window.ident)  # fmt: skip
 
 
-def budget_after_charge(*, tenant_schema: str, user_id: int, tier: str, email: str) -> None:
-    """After a settlement: alert once per period for each budget whose spend crossed
-    its soft threshold."""
+def budget_after_charge(*, tenant_schema: str, user_id: int, tier: str, email: str, at: datetime | None = None) -> None:
+    """After a settlement (into the periods of `at`, the hold's time): alert once per
+    period for each budget whose spend crossed its soft threshold, and reach the
+    hard limit (switch off) for each whose settled spend reached its limit."""
     from .alerts import alert_once
 
     budgets = budgets_for(tenant_schema=tenant_schema, user_id=user_id, tier=tier)
     if not budgets:
         return
-    now = timezone.now()
+    now = at or timezone.now()
     windows = [period_window(b.period, now) for b in budgets]
     pipe = redis_client().pipeline(transaction=False)
     for budget, window in zip(budgets, windows, strict=True):
@@ -280,6 +464,10 @@ def budget_after_charge(*, tenant_schema: str, user_id: int, tier: str, email: s
                 spent=spent,
                 user_id=user_id,
                 user_email=email,
+            )
+        if spent >= budget.limit_micros:
+            _hard_limit_reached(
+                tenant_schema=tenant_schema, user_id=user_id, email=email, budget=budget, window=window, spent=spent
             )
 
 
@@ -299,9 +487,22 @@ def _hydrate(key: str, budget: Budget, window: Window, principal: Principal) -> 
 
 
 def budget_settle(*, schema: str, job_id: uuid.UUID, actual_micros: int) -> bool:
-    """Turn a job's reservation into its actual cost (once)."""
+    """Turn a job's reservation into its actual cost, exactly once (see _SETTLE):
+    True when this call changed the counters."""
     settle = _script(_SETTLE)
-    return bool(settle(keys=[reservation_key(schema=schema, job_id=job_id)], args=[actual_micros]))
+    keys = [reservation_key(schema=schema, job_id=job_id), settled_key(schema=schema, job_id=job_id)]
+    return bool(settle(keys=keys, args=[actual_micros, SETTLED_TTL_SECONDS]))
+
+
+def budget_hold_time(*, schema: str, job_id: uuid.UUID) -> datetime | None:
+    """When the job's hold was made (its periods), from the reservation or, once
+    settled, its marker; None when no budget applied or both expired."""
+    client = redis_client()
+    for key in (reservation_key(schema=schema, job_id=job_id), settled_key(schema=schema, job_id=job_id)):
+        raw = client.hget(key, "at")
+        if raw:
+            return datetime.fromtimestamp(float(raw), tz=UTC)
+    return None
 
 
 def reservations_sweep(*, schema: str, stale_after_seconds: int = 600) -> dict[str, int]:
@@ -310,7 +511,7 @@ def reservations_sweep(*, schema: str, stale_after_seconds: int = 600) -> dict[s
     failed it) gets its charge, or nothing, settled; a hold whose job was never
     stored (the web process died between the two) is released once it is older
     than `stale_after_seconds`. Jobs still queued or running keep theirs."""
-    from apps.jobs.models import FINAL_STATUSES, Job
+    from apps.jobs.models import FINAL_STATUSES, Job, JobStatus
 
     client = redis_client()
     now = time.time()
@@ -318,12 +519,24 @@ def reservations_sweep(*, schema: str, stale_after_seconds: int = 600) -> dict[s
     for raw in client.scan_iter(match=f"aip:{{{schema}}}:resv:*", count=500):
         key = raw.decode() if isinstance(raw, bytes) else raw
         job_id = key.rsplit(":", 1)[1]
-        job = Job.objects.filter(pk=job_id).values("status", "cost_micros").first()
+        job = Job.objects.filter(pk=job_id).values("status", "cost_micros", "started_at", "finished_at").first()
         if job is None:
             at = client.hget(key, "at")
             if at is not None and now - float(at) > stale_after_seconds:
                 released += budget_release(schema=schema, job_id=uuid.UUID(job_id))
         elif job["status"] in FINAL_STATUSES:
+            # A job cancelled while it ran is settled by its worker, which stops the
+            # call within a second or so and charges what it used; settling it here
+            # first would only free its room early. Its worker gone, it is settled
+            # later (and a late worker still adds its cost: settle is order-free).
+            finished = job["finished_at"]
+            if (
+                job["status"] == JobStatus.CANCELLED
+                and job["started_at"] is not None
+                and finished is not None
+                and finished.timestamp() > now - 60
+            ):
+                continue
             settled += budget_settle(schema=schema, job_id=uuid.UUID(job_id), actual_micros=job["cost_micros"] or 0)
     return {"settled": settled, "released": released}
 

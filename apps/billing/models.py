@@ -33,7 +33,17 @@ class LedgerEntry(models.Model):
     redelivered task cannot write a second one."""
 
     user = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="ledger_entries")
-    job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_entries")
+    # The job the entry is for, as a plain reference: no database constraint and
+    # nothing cascades, so a charge never depends on the job row (a job deleted
+    # while it ran is still charged) and deleting a job leaves its entries.
+    job = models.ForeignKey(
+        "jobs.Job",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="ledger_entries",
+    )
     attempt = models.PositiveSmallIntegerField(default=0, help_text="The job's claim number the entry is for.")
     call = models.PositiveSmallIntegerField(
         default=0, help_text="Which step of the job's fallback chain made the call (0: the requested model)."

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from apps.catalog.models import Provider
 from apps.catalog.selectors import ModelSpec
+from apps.llm.providers import output_allowance
 from apps.tenants.models import Tenant
 
 from .models import LedgerKind
@@ -17,15 +22,45 @@ from .money import cost_micros
 _tenant_ids: dict[str, int] = {}
 
 
+def held_input_tokens(spec: ModelSpec, input_tokens: int) -> int:
+    """The input tokens a hold counts: our count where it is the provider's own
+    (OpenAI's tokenizers), else our estimate plus BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT
+    (another tokenizer may count more)."""
+    if spec.provider == Provider.OPENAI:
+        return input_tokens
+    return -(-input_tokens * (100 + settings.BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT) // 100)
+
+
 def worst_case_cost(spec: ModelSpec, *, input_tokens: int, max_tokens: int | None) -> int:
-    """What a request may cost at most: its counted input, and as many output tokens
-    as it allows (`max_tokens`, else the model's output limit)."""
+    """What a request may cost at most: its counted input (with a margin where the
+    count is an estimate), and as many output tokens as it is sent (`max_tokens`,
+    else the model's output limit): the provider cannot bill more."""
     return cost_micros(
-        input_tokens=input_tokens,
-        output_tokens=max_tokens or spec.max_output_tokens,
+        input_tokens=held_input_tokens(spec, input_tokens),
+        output_tokens=output_allowance(spec, max_tokens),
         input_price=spec.input_price_per_mtok,
         output_price=spec.output_price_per_mtok,
     )
+
+
+def chain_worst_case(steps: Sequence[ModelSpec], *, input_tokens: int, max_tokens: int | None) -> int:
+    """The hold of a job that may call any of `steps` (its model, its fallbacks)."""
+    return max(worst_case_cost(step, input_tokens=input_tokens, max_tokens=max_tokens) for step in steps)
+
+
+def chain_fit(steps: Sequence[ModelSpec], *, input_tokens: int, cap: int, room: int) -> tuple[int, int] | None:
+    """The largest max_tokens (at most `cap`) whose hold over `steps` fits `room`
+    micro-dollars, with that hold; None when not even one output token fits."""
+    low, high = 0, cap  # invariant: low fits (or is 0), everything above high does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if chain_worst_case(steps, input_tokens=input_tokens, max_tokens=middle) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    if low < 1:
+        return None
+    return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low)
 
 
 def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int) -> int:
@@ -57,6 +92,7 @@ def ledger_record(
     output_tokens: int = 0,
     saved: int = 0,
     note: str = "",
+    at: datetime | None = None,
 ) -> bool:
     """Append one entry and add it to the public daily rollup, in one statement
     (atomic by itself; in the current tenant schema). False, and nothing written,
@@ -65,8 +101,12 @@ def ledger_record(
 
     One round trip, not a transaction's four: the rollup row of a (tenant, day,
     model) is shared by every charge, and its row lock is held only while this
-    statement runs (or until the caller's transaction commits)."""
-    now = timezone.now()
+    statement runs (or until the caller's transaction commits).
+
+    `at` dates the entry (and its rollup day): a charge is dated when its hold was
+    made, so it lands in the period whose counter it was settled into, and a
+    counter rebuilt from the ledger agrees with the one it replaces."""
+    now = at or timezone.now()
     refund = kind == LedgerKind.REFUND
     with connection.cursor() as cursor:
         cursor.execute(

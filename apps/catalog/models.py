@@ -83,6 +83,14 @@ class LLMModel(models.Model):
         help_text="Let requests pass http(s) image URLs for the provider to fetch. Only for a provider on the internet"
         " (never vLLM, Ollama or llama.cpp: they would fetch from inside your network).",
     )
+    job_timeout_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="A job's wall-clock deadline on this model, from its start: no call starts after it, and a"
+        " running call is stopped at it (charged for what it used, the job failed `timeout`). Reasoning models"
+        " think for minutes. Blank: JOB_DEADLINE_SECONDS; at most JOB_TIMEOUT_MAX_SECONDS.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

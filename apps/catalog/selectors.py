@@ -31,6 +31,12 @@ class ModelSpec:
     input_modalities: tuple[str, ...] = ("text",)  # what content parts it takes
     max_tokens_per_part: int = DEFAULT_MAX_TOKENS_PER_PART  # the hold for one non-text part
     allow_remote_media: bool = False  # http(s) image URLs pass (never for a self-hosted provider)
+    job_timeout_seconds: int | None = None  # blank: JOB_DEADLINE_SECONDS
+
+    @property
+    def job_timeout(self) -> int:
+        """A job's deadline on this model, in seconds from its start."""
+        return min(self.job_timeout_seconds or settings.JOB_DEADLINE_SECONDS, settings.JOB_TIMEOUT_MAX_SECONDS)
 
 
 _catalog_cache: TTLCache[dict[str, ModelSpec]] = TTLCache(maxsize=1)
@@ -55,6 +61,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             input_modalities=tuple(row.input_modalities or ("text",)),
             max_tokens_per_part=row.max_tokens_per_part,
             allow_remote_media=row.allow_remote_media and row.provider not in SELF_HOSTED_PROVIDERS,
+            job_timeout_seconds=row.job_timeout_seconds,
         )
         for row in LLMModel.objects.all()
     }

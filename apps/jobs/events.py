@@ -88,9 +88,13 @@ class EventRelay:
 
 def live_ttl_seconds() -> int:
     """A running job's stream expiry, refreshed by each entry: the longest a job
-    may run (its task's hard limit) and the finished stream's time on top, so a
-    stream whose job never closes it (deleted, its worker lost) still goes."""
-    return int(settings.CELERY_TASK_TIME_LIMIT) + settings.JOB_STREAM_TTL_SECONDS
+    may run (its task's hard limit, or the longest model deadline with one call
+    on top) and the finished stream's time, so a stream whose job never closes it
+    (deleted, its worker lost) still goes."""
+    longest = max(
+        int(settings.CELERY_TASK_TIME_LIMIT), settings.JOB_TIMEOUT_MAX_SECONDS + settings.LLM_REQUEST_TIMEOUT_SECONDS
+    )
+    return longest + settings.JOB_STREAM_TTL_SECONDS
 
 
 def job_events_close(*, job_id: uuid.UUID, status: str) -> None:

@@ -142,6 +142,9 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
             elif exc.code == "budget_exceeded":
                 # What OpenAI answers when credit runs out (the SDK raises RateLimitError).
                 exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
+            elif exc.code == "budget_busy":
+                # Holds in flight, not spend: a short 429 with Retry-After (SDKs retry it).
+                exc.status_code = 429
             headers = exc.headers if "Retry-After" in exc.headers else {**ratelimit_headers(principal), **exc.headers}
             return _json_error(exc.status_code, api_error_body(exc), headers)
         except exceptions.ValidationError as exc:
@@ -460,6 +463,8 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     except ApiError as exc:
         if exc.code == "budget_exceeded":
             exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
+        elif exc.code == "budget_busy":
+            exc.status_code = 429
         return _json_error(exc.status_code, api_error_body(exc), exc.headers)
     fields = {"tenant": call.principal.tenant_schema, "user": call.principal.user_id}
     try:

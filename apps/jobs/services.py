@@ -11,18 +11,26 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.selectors import Principal
-from apps.billing.budgets import budget_after_charge, budget_release, budget_reserve, budget_settle
+from apps.billing.budgets import (
+    SETTLED_TTL_SECONDS,
+    budget_after_charge,
+    budget_hold,
+    budget_hold_time,
+    budget_release,
+    budget_settle,
+)
 from apps.billing.models import LedgerKind
-from apps.billing.services import call_cost, ledger_cached, ledger_record, worst_case_cost
+from apps.billing.services import call_cost, chain_fit, chain_worst_case, ledger_cached, ledger_record
 from apps.cache.embedder import EmbedderError, PromptTooLong
 from apps.cache.exact import CachedAnswer, exact_get, exact_put, flight_join, flight_land
 from apps.cache.policy import CacheMode, CachePlan, cache_plan, policy_for
@@ -31,11 +39,12 @@ from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.switches import switch_blocking, switch_check
 from apps.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from apps.core.redis import redis_client
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.content import content_admit
-from apps.llm.providers import ChatResult, ProviderError, chat_stream
+from apps.llm.providers import CallStopped, CallWatch, ChatResult, ProviderError, chat_stream
 from apps.llm.tokens import count_message_tokens, count_text_tokens
 from apps.observability import metrics
 from apps.observability.context import bind
@@ -49,6 +58,7 @@ from .events import EventRelay, job_events_close
 from .fallbacks import SEMANTIC_CACHE, fallbacks_for
 from .models import Job, JobStatus
 from .selectors import job_get
+from .stops import GuardedRelay, cancel_flag_set, cancel_key, watching
 from .webhooks import webhook_schedule, webhook_url_check
 
 logger = logging.getLogger(__name__)
@@ -202,23 +212,34 @@ def job_submit(*, principal: Principal, request: JobRequest, idempotency_key: st
     fail_open = tenant_connection().tenant.ratelimit_fail_open
     limits = ratelimit_admit(buckets, tokens, fail_open=fail_open)
     taken = tokens if limits is not None else 0
-    # The hold covers the dearest model the job may end up calling.
-    worst_case = max(
-        worst_case_cost(step, input_tokens=input_tokens, max_tokens=request.params.get("max_tokens"))
-        for step in [spec, *(s for s in map(model_get, fallbacks) if s is not None)]
-    )
+    # The hold covers the dearest model the job may end up calling, at the output it
+    # is sent. Larger than what is left of a budget: refused naming the max_tokens
+    # that fits, or, when the request set none, held and sent at that max_tokens.
+    steps = [spec, *(s for s in map(model_get, fallbacks) if s is not None)]
+    requested_max = request.params.get("max_tokens")
+    worst_case = chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max)
+    cap = requested_max or max(step.max_output_tokens for step in steps)
     try:
-        held = budget_reserve(principal=principal, job_id=job_id, amount_micros=worst_case)
+        hold = budget_hold(
+            principal=principal,
+            job_id=job_id,
+            amount_micros=worst_case,
+            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room),
+            adjust=requested_max is None,
+        )
     except BaseException:
         if taken:
             ratelimit_refund(buckets, tokens=taken)
         raise
+    held = hold.amount > 0
+    if hold.max_tokens is not None:  # what was held is what the provider is asked for
+        common["params"] = {**request.params, "max_tokens": hold.max_tokens}
     bind(job_id=job_id, model=spec.slug)
     try:
         job = Job(
             **common,
             id=job_id,
-            reserved_micros=worst_case if held else 0,
+            reserved_micros=hold.amount,
             ratelimit_tokens=taken,
             enqueued_at=timezone.now(),
             cache=plan.as_json() if plan.key or plan.semantic else {},
@@ -263,6 +284,11 @@ def _reconcile_rate_limits(*, job: Job, spec: ModelSpec, used: int | None) -> No
     used (`used` tokens), or give everything back when it never ran (None)."""
     if not job.ratelimit_tokens:
         return  # nothing was taken (no limit applied, or the limiter failed open)
+    # Exactly once per job: a cancel racing the worker (or a redelivery) must not
+    # give the tokens back twice. The first to set the marker settles.
+    marker = f"aip:{{{current_schema()}}}:rlsettled:{job.pk}"
+    if not redis_client().set(marker, 1, nx=True, ex=SETTLED_TTL_SECONDS):
+        return
     buckets = buckets_for(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, spec=spec)
     if used is None:
         ratelimit_refund(buckets, tokens=job.ratelimit_tokens)
@@ -327,7 +353,13 @@ def _dispatch(*, job: Job, spec: ModelSpec) -> None:
             logger.info("job %s follows job %s (identical request in flight)", job.pk, leader)
             return
     logger.info("job %s queued for %s", job.pk, job.model)
-    job_enqueue(job_id=job.pk, model=job.model)
+    try:
+        job_enqueue(job_id=job.pk, model=job.model)
+    except Exception:
+        # The job is stored, and holds its budget and tokens: it stays queued and
+        # the sweeper sends it after JOB_REQUEUE_AFTER_SECONDS. The caller gets the
+        # 202 that says so, never a 500 for a job that runs later.
+        logger.exception("job %s stored but not sent to its queue (broker unreachable); the sweeper will", job.pk)
 
 
 def _publish_cached(*, job: Job, spec: ModelSpec, listeners: bool) -> None:
@@ -418,7 +450,16 @@ def job_enqueue(*, job_id: uuid.UUID, model: str) -> None:
     cancel can revoke it without storing anything else."""
     from tasks.jobs import job_run
 
-    job_run.apply_async(kwargs={"job_id": str(job_id), "model": model}, task_id=str(job_id))
+    spec = model_get(model)
+    timeout = spec.job_timeout if spec is not None else settings.JOB_DEADLINE_SECONDS
+    # The job stops itself at its deadline; the task limits only catch what did not.
+    limits = (
+        {"soft_time_limit": timeout + settings.LLM_REQUEST_TIMEOUT_SECONDS + 30,
+         "time_limit": timeout + settings.LLM_REQUEST_TIMEOUT_SECONDS + 60}
+        if timeout > settings.JOB_DEADLINE_SECONDS
+        else {}
+    )  # fmt: skip
+    job_run.apply_async(kwargs={"job_id": str(job_id), "model": model}, task_id=str(job_id), **limits)
 
 
 # --- Cancel ---------------------------------------------------------------
@@ -428,16 +469,21 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
     job = job_get(principal=principal, job_id=job_id)
     if job is None:
         raise NotFound(f"No job with id {job_id}.", param="id")
-    cancelled = Job.objects.filter(pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
-        status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
-    )
-    if not cancelled:
+    # Queued and running are told apart by the UPDATE itself, not by the row read
+    # above: a worker may have claimed the job since.
+    ending = {"status": JobStatus.CANCELLED, "finished_at": timezone.now(), "lease_expires_at": None}
+    was_queued = bool(Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(**ending))
+    if not was_queued and not Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**ending):
         job.refresh_from_db(fields=["status"])
         raise Conflict(f"Job {job.pk} is already {job.status} and cannot be cancelled.", code="job_not_cancellable")
+    if not was_queued:
+        # Its worker stops the call within JOB_STOP_CHECK_SECONDS and charges what it
+        # used; set before the stream closes, so the worker appends nothing after it.
+        cancel_flag_set(schema=principal.tenant_schema, job_id=job.pk)
     metrics.record_job_status(JobStatus.CANCELLED)
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
     webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
-    if job.status == JobStatus.QUEUED:
+    if was_queued:
         # Never ran: its hold and its tokens go back now. A running job's worker
         # settles it (the provider is already working, and charges for it).
         budget_release(schema=principal.tenant_schema, job_id=job.pk)
@@ -507,9 +553,23 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             if plan.key:  # followers asked for the exact answer, not a paraphrase's
                 _flight_land(job=job, plan=plan, answer=answer if kind == "exact" else None, spec=spec)
             return
-    relay = EventRelay(job_id=job.pk)
+    schema = current_schema()
+    timeout = spec.job_timeout if spec is not None else settings.JOB_DEADLINE_SECONDS
+    deadline = (job.started_at or timezone.now()) + timedelta(seconds=timeout)
+    if timeout > settings.JOB_DEADLINE_SECONDS:  # a long model: the lease covers its deadline
+        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            lease_expires_at=deadline + timedelta(seconds=settings.LLM_REQUEST_TIMEOUT_SECONDS + 120)
+        )
+    # A cancel (job_cancel's flag) or the deadline stops the running call.
+    watch = CallWatch(key=cancel_key(schema=schema, job_id=job.pk), deadline=deadline.timestamp())
+    relay = GuardedRelay(job_id=job.pk, flag=watch.key)
     release_connection()  # the provider calls may take minutes; the pool should not wait
-    outcome = _run_chain(job=job, spec=spec, relay=relay)
+    try:
+        with watching(watch):
+            outcome = _run_chain(job=job, spec=spec, relay=relay, watch=watch, deadline=deadline)
+    except CallStopped as stop:
+        _job_stopped(job=job, stop=stop, relay=relay, plan=plan, fallback_spec=spec)
+        return
     if isinstance(outcome, ProviderError):  # every step failed
         if spec is not None:
             _reconcile_rate_limits(job=job, spec=spec, used=0)
@@ -542,6 +602,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     answered, step, result = outcome
     cost = call_cost(answered, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
     metrics.record_cost(current_schema(), answered.slug, cost)
+    held_at = _hold_time(job)
     with transaction.atomic():
         succeeded = _job_succeed(
             job_id=job.pk,
@@ -563,7 +624,16 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             cost=cost,
+            at=held_at,
         )
+        if not succeeded:  # cancelled while the provider answered: the row shows what it cost
+            Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).update(
+                cost_micros=cost, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            )
+    # Its own accounting first, before anything that may fail (listeners, webhook):
+    # the charge is in the ledger, so the counters must get it (retried until they do).
+    _settle(job_id=job.pk, cost=cost)
+    _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
     if succeeded:
         metrics.record_job_status(JobStatus.SUCCEEDED)
         logger.info(
@@ -586,10 +656,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
-    # Its own accounting next (nothing below may leave it unsettled)...
-    budget_settle(schema=current_schema(), job_id=job.pk, actual_micros=cost)
-    _reconcile_rate_limits(job=job, spec=spec or answered, used=result.input_tokens + result.output_tokens)
-    # ...then the cache and the identical requests that waited for this answer (only
+    # Then the cache and the identical requests that waited for this answer (only
     # the requested model's answers are cached: a fallback's is not what was asked).
     if succeeded and plan is not None and plan.write and step == 0:
         answer = CachedAnswer(
@@ -615,7 +682,93 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             _flight_land(job=job, plan=plan, answer=answer, spec=answered)
     elif plan is not None and plan.key:
         _flight_land(job=job, plan=plan, answer=None)
-    budget_after_charge(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email)
+    budget_after_charge(
+        tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email, at=held_at
+    )
+
+
+def _hold_time(job: Job) -> datetime:
+    """When the job's budget hold was made: its charge is dated then (and so lands
+    in the period whose counters the hold was settled into)."""
+    try:
+        at = budget_hold_time(schema=current_schema(), job_id=job.pk)
+    except redis.RedisError:
+        at = None
+    return at or job.created_at or timezone.now()
+
+
+def _settle(*, job_id: uuid.UUID, cost: int) -> None:
+    """Settle the job's hold at `cost`, retrying Redis errors for up to
+    BUDGET_SETTLE_RETRY_SECONDS: the charge is already in the ledger, and a hold
+    given back without it would hide the cost. Still failing: raised, and the
+    budget sweep settles the job from its recorded cost (settling is exactly once
+    and order-free, so a late settle still lands)."""
+    schema = current_schema()
+    give_up = time.monotonic() + settings.BUDGET_SETTLE_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            budget_settle(schema=schema, job_id=job_id, actual_micros=cost)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > give_up:
+                logger.error("job %s: settlement of %d micro-USD failed; the sweep will settle it", job_id, cost)
+                raise
+            logger.warning("job %s: settlement failed (%s); retrying in %.2fs", job_id, exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+
+def _job_stopped(
+    *, job: Job, stop: CallStopped, relay: EventRelay, plan: CachePlan | None, fallback_spec: ModelSpec | None
+) -> None:
+    """A call stopped by a cancel or by the job's deadline: charge what it used (its
+    input once it was sent, the text it streamed), settle that into the budget
+    whatever happened to the hold, give the rate-limit tokens back once; a timeout
+    fails the job (once), a cancelled job stays cancelled (its stream already ended)."""
+    step_spec = stop.spec or fallback_spec
+    used_in = used_out = cost = 0
+    held_at = _hold_time(job)
+    if step_spec is not None and (stop.sent or stop.partial_output):
+        used_in = job.input_tokens_estimate or 0
+        used_out = count_text_tokens(stop.partial_output, step_spec.encoding)
+        cost = call_cost(step_spec, input_tokens=used_in, output_tokens=used_out)
+        ledger_record(
+            kind=LedgerKind.CHARGE,
+            user_id=job.user_id,
+            job_id=job.pk,
+            attempt=job.attempts,
+            call=stop.step,
+            model=step_spec.slug,
+            input_tokens=used_in,
+            output_tokens=used_out,
+            cost=cost,
+            note=f"stopped: {stop.reason} (counted)",
+            at=held_at,
+        )
+    Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.CANCELLED]).update(
+        cost_micros=cost, input_tokens=used_in, output_tokens=used_out, usage_estimated=True
+    )
+    metrics.record_cost(current_schema(), step_spec.slug if step_spec else job.model, cost)
+    _settle(job_id=job.pk, cost=cost)
+    if step_spec is not None:
+        _reconcile_rate_limits(job=job, spec=fallback_spec or step_spec, used=used_in + used_out)
+    logger.info("job %s: call stopped (%s) after %d+%d tokens, %d micro-USD", job.pk, stop.reason, used_in,
+                used_out, cost)  # fmt: skip
+    if stop.reason == "timeout":
+        relay.flush()
+        job_fail(
+            job_id=job.pk,
+            error_type="timeout",
+            message="The job passed its deadline; the call was stopped and charged for what it used.",
+            webhook_url=job.webhook_url,
+            attempt_log=job.attempt_log,
+        )
+    if plan is not None and plan.key:
+        _flight_land(job=job, plan=plan, answer=None)
+    budget_after_charge(
+        tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email, at=held_at
+    )
 
 
 @dataclass(frozen=True)
@@ -627,7 +780,12 @@ class _LastResort:
 
 
 def _run_chain(
-    *, job: Job, spec: ModelSpec | None, relay: EventRelay
+    *,
+    job: Job,
+    spec: ModelSpec | None,
+    relay: EventRelay,
+    watch: CallWatch | None = None,
+    deadline: datetime | None = None,
 ) -> tuple[ModelSpec, int, ChatResult] | _LastResort | ProviderError:
     """Try the requested model, then each fallback, then (if it is last) the
     semantic cache; the first answer wins: (model, step, result). Each model gets
@@ -638,8 +796,10 @@ def _run_chain(
 
     The job stays in this worker for every step: it holds a worker slot already,
     the calls are I/O in a gevent pool, and no model queue has a concurrency cap of
-    its own to respect; re-queueing would add a queue wait to a job that is late."""
-    deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
+    its own to respect; re-queueing would add a queue wait to a job that is late.
+    A call stopped by `watch` (cancel, deadline) ends the chain: CallStopped."""
+    if deadline is None:
+        deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
     failure: ProviderError | None = None
     previous = ""
     plan = CachePlan.from_json(job.cache)
@@ -669,7 +829,14 @@ def _run_chain(
             metrics.record_fallback(previous, name, failure.error_type)
         previous = name
         try:
-            return step_spec, step, _call_with_retries(job=job, spec=step_spec, relay=relay, tier=step + 1)
+            return (
+                step_spec,
+                step,
+                _call_with_retries(job=job, spec=step_spec, relay=relay, tier=step + 1, watch=watch, deadline=deadline),
+            )
+        except CallStopped as stop:
+            stop.spec, stop.step = step_spec, step
+            raise
         except ProviderError as exc:
             if exc.partial_output:
                 _charge_and_refund(job=job, spec=step_spec, output=exc.partial_output, call=step)
@@ -752,14 +919,23 @@ _ANSWER_FIELDS = (
 )
 
 
-def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: int = 1) -> ChatResult:
+def _call_with_retries(
+    *,
+    job: Job,
+    spec: ModelSpec,
+    relay: EventRelay,
+    tier: int = 1,
+    watch: CallWatch | None = None,
+    deadline: datetime | None = None,
+) -> ChatResult:
     """Call the model, retrying what failed for the provider's reasons (5xx, 429,
     timeouts, no connection) with exponential backoff and full jitter, or after the
     provider's Retry-After when that is longer; never after the job's deadline, and
     never once text has streamed (the listeners have it: a retry would repeat it).
     A model whose circuit breaker is open is skipped without a call. The attempt,
     with its retries, is appended to `job.attempt_log`."""
-    deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
+    if deadline is None:
+        deadline = (job.started_at or timezone.now()) + timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
     started = timezone.now()
     retries = 0
     # Our span attributes, worked out once for every attempt, and only when traced.
@@ -781,11 +957,15 @@ def _call_with_retries(*, job: Job, spec: ModelSpec, relay: EventRelay, tier: in
                 job=span_fields,
                 messages=job.messages,
             ) as call:
-                result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta)
+                result = chat_stream(spec, messages=job.messages, params=job.params, on_delta=relay.delta, watch=watch)
                 call.succeeded(
                     result,
                     cost_micros=call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens),
                 )
+        except CallStopped as stop:  # cancelled, or the job's deadline: no retry, no fallback
+            stopped = ProviderError(stop.reason, str(stop))
+            job.attempt_log.append(_attempt(spec.slug, started, "stopped", retries, stopped))
+            raise
         except ProviderError as exc:
             breaker_record(spec.slug, ok=not exc.provider_trouble, status=exc.status)
             wait = _backoff(retries, exc.retry_after)

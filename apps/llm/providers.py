@@ -8,6 +8,8 @@ hidden loop inside the client.
 
 from __future__ import annotations
 
+import _socket
+import contextlib
 import functools
 import json
 import os
@@ -81,6 +83,62 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+class CallWatch:
+    """What may stop a running call before it ends: its job's cancel (`stop` from a
+    watcher that polls for it) or its deadline (epoch seconds). The stream loop
+    checks `reason()` on every line; `stop` also interrupts the response's read
+    (attached by the call), so a provider that is silent does not keep the call
+    waiting."""
+
+    __slots__ = ("_close", "_reason", "deadline", "key")
+
+    def __init__(self, *, key: str = "", deadline: float | None = None) -> None:
+        self.key = key  # what a watcher polls (the job's cancel flag)
+        self.deadline = deadline
+        self._reason: str | None = None
+        self._close: Callable[[], None] | None = None
+
+    def reason(self) -> str | None:
+        """None while the call may go on; else "cancelled" or "timeout"."""
+        if self._reason is None and self.deadline is not None and time.time() >= self.deadline:
+            self.stop("timeout")
+        return self._reason
+
+    def stop(self, reason: str) -> None:
+        if self._reason is not None:
+            return
+        self._reason = reason
+        close = self._close
+        if close is not None:
+            # Closing a response that may be ending anyway: whatever it raises is moot.
+            with contextlib.suppress(Exception):
+                close()
+
+    def attach(self, close: Callable[[], None] | None) -> None:
+        self._close = close
+
+
+class CallStopped(Exception):
+    """A call stopped by its watch (cancelled, or past its job's deadline). Not a
+    ProviderError: nothing retries it or falls back; the job ends, charged for what
+    the call used (`partial_output`, and its input when `sent`)."""
+
+    def __init__(self, reason: str, *, partial_output: str = "", sent: bool = False) -> None:
+        super().__init__(f"the call was stopped ({reason})")
+        self.reason = reason
+        self.partial_output = partial_output
+        self.sent = sent
+        self.spec: ModelSpec | None = None  # the model called, and its step in the chain (set by the job)
+        self.step = 0
+
+
+def output_allowance(spec: ModelSpec, max_tokens: int | None) -> int:
+    """The max_tokens a call to `spec` is sent, and what its hold counts: the
+    request's (or the one its budget fitted), never above the model's output cap;
+    the cap when there is none. Always sent, so the provider cannot bill more."""
+    return min(int(max_tokens or spec.max_output_tokens), spec.max_output_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +224,53 @@ def chat_stream(
     messages: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     on_delta: Callable[[str], None],
+    watch: CallWatch | None = None,
 ) -> ChatResult:
     """One streamed chat completion: `on_delta` gets each piece of text as it
     arrives. Usage comes from the provider's final usage chunk when it sends one
     (`stream_options.include_usage`); servers that never do (llama.cpp) get their
     usage counted with tiktoken and marked estimated. A stream that breaks before
-    its finish reason is a failure, never a silently truncated answer."""
+    its finish reason is a failure, never a silently truncated answer.
+
+    The output allowance is always sent (output_allowance; as
+    `max_completion_tokens` to OpenAI, else `max_tokens`): what the budget held. A
+    `watch` that says stop (cancel, deadline) ends the call: CallStopped with
+    the text so far."""
+    if watch is not None and watch.reason():
+        raise CallStopped(watch.reason() or "", sent=False)
+    params_max_tokens = params.get("max_tokens")
+    params = {key: value for key, value in params.items() if key != "max_tokens"}
+    # OpenAI's own API names it max_completion_tokens (its reasoning models refuse
+    # max_tokens); the servers that speak its protocol know max_tokens.
+    allowance_field = "max_completion_tokens" if spec.provider == "openai" else "max_tokens"
+    params[allowance_field] = output_allowance(spec, params_max_tokens)
+    pieces: list[str] = []
+    try:
+        return _chat_stream(spec, messages=messages, params=params, on_delta=on_delta, watch=watch, pieces=pieces)
+    except CallStopped:
+        raise
+    except Exception as exc:
+        # Closing the response from the watcher breaks the read in whatever way the
+        # transport breaks: the watch knows why.
+        if watch is not None and watch.reason():
+            raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True) from exc
+        raise
+    finally:
+        if watch is not None:
+            watch.attach(None)
+
+
+def _chat_stream(
+    spec: ModelSpec,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    on_delta: Callable[[str], None],
+    watch: CallWatch | None,
+    pieces: list[str],
+) -> ChatResult:
     client = provider_client(spec)
     started = time.perf_counter()
-    pieces: list[str] = []
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     response_model = spec.provider_model_name
@@ -191,7 +287,11 @@ def chat_stream(
             stream_options={"include_usage": True},
             **dict(params),
         ) as response:
+            if watch is not None:
+                watch.attach(_interrupter(response))
             for line in response.iter_lines():
+                if watch is not None and watch.reason():
+                    raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -237,6 +337,8 @@ def chat_stream(
         raise ProviderError("provider_error", str(exc)) from exc
     except ValueError as exc:  # a data line that is not JSON
         raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
+    if watch is not None and watch.reason():
+        raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
     if finish_reason is None:
         raise ProviderError(
             "provider_stream_broken",
@@ -260,6 +362,28 @@ def chat_stream(
         response_id=response_id,
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
     )
+
+
+def _interrupter(response: Any) -> Callable[[], None]:
+    """What stops a read blocked on this response from another thread or greenlet:
+    shutting its socket down (the reader then sees the connection end). Closing the
+    response from there would not wake a thread blocked in recv(), and would pull
+    the connection from under the reader."""
+    sock = None
+    with contextlib.suppress(Exception):
+        stream = response.http_response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def interrupt() -> None:
+        if sock is None:
+            return
+        raw = getattr(sock, "_sock", sock)  # gevent wraps the OS socket
+        # The plain socket's shutdown, not TLS's (which would tear its state down
+        # while the reader still uses it).
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            _socket.socket.shutdown(raw, _socket.SHUT_RDWR)
+
+    return interrupt
 
 
 def _status_error_message(exc: openai.APIStatusError) -> str:

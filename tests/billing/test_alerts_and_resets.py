@@ -63,24 +63,26 @@ def test_soft_threshold_alerts_once_by_mail_and_signed_webhook(worker, committed
     tenant.save()
 
 
-def test_hard_limit_switches_the_user_off_until_reset(worker, committed_personas: Personas):
+def test_hard_limit_switches_the_user_off_until_reset(worker, committed_personas: Personas, micro_priced):
+    """The hard limit is reached when settled spend reaches the limit (here one call
+    of 5 output tokens at 1 micro-dollar each uses all 5): the settlement flips it."""
     bob = committed_personas.bob
     with tenant_context(bob.tenant):
-        UserBudget.objects.create(user_id=bob.user_id, period="day", limit_usd=Decimal(_worst(1000)) / 1_000_000)
+        UserBudget.objects.create(user_id=bob.user_id, period="day", limit_usd=Decimal(5) / 1_000_000)
     client = bob.client()
-    body = {"model": "local-small", "messages": MESSAGES, "max_tokens": 1000}
+    body = {"model": "local-small", "messages": MESSAGES, "max_tokens": 5}
     first = client.post("/api/v1/jobs", body, format="json")
     assert first.status_code == 202
-    job_until_final(client, first.json()["id"])
-    refused = client.post("/api/v1/jobs", body, format="json")  # what is left cannot hold another worst case
-    assert refused.status_code == 402
-    switch = KillSwitch.objects.get(level=SwitchLevel.USER, user_id=bob.user_id)
+    assert job_until_final(client, first.json()["id"])["usage"]["output_tokens"] == 5
+    switch = wait_for(lambda: KillSwitch.objects.filter(level=SwitchLevel.USER, user_id=bob.user_id).first())
     assert switch.active and switch.automatic and switch.period == period_window("day").ident
     assert switch.updated_by == "system:budget"
     # Now even a small request is stopped, as a budget matter (402), by the switch.
     small = client.post("/api/v1/jobs", {**body, "max_tokens": 1}, format="json")
     assert small.status_code == 402
-    assert small.json()["error"]["message"].startswith(f"AI is switched off for user {bob.email} until its budget")
+    message = small.json()["error"]["message"]
+    assert message.startswith(f"AI is switched off for user {bob.email} until its budget")
+    assert "Your daily budget of $0.000005 is used up ($0.000005 spent" in message  # their own: amounts shown
 
     # The period has not ended: a reset now clears nothing.
     assert periods_close()[0] == "no automatic kill switch to clear"

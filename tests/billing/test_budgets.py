@@ -18,7 +18,7 @@ from django_tenants.utils import tenant_context
 from apps.billing.budgets import counter_key, period_window, reservation_key
 from apps.billing.models import AppendOnly, LedgerEntry, LedgerKind, UserBudget
 from apps.billing.money import cost_micros, format_usd
-from apps.billing.services import ledger_cached, ledger_record, worst_case_cost
+from apps.billing.services import chain_fit, ledger_cached, ledger_record, worst_case_cost
 from apps.catalog.selectors import model_get
 from apps.controls.models import SpendRollup, TenantBudget
 from apps.jobs.models import Job, JobStatus
@@ -133,9 +133,16 @@ def test_over_budget_is_402_in_the_api_and_429_insufficient_quota_for_openai_sdk
     )
     assert response.status_code == 402
     error = response.json()["error"]
-    assert error["code"] == "budget_exceeded"
+    assert (error["code"], error["param"]) == ("budget_exceeded", "max_tokens")
     window = period_window("month")
-    assert "organisation's monthly budget of $0.0001" in error["message"]
+    # Too large for what is left: the max_tokens that would fit is named; carol's is a
+    # plain user key, so the organisation's amounts are not.
+    spec = model_get("local-small")
+    assert spec is not None
+    fits = chain_fit([spec], input_tokens=count_message_tokens(MESSAGES), cap=MAX_TOKENS, room=100)
+    assert fits is not None
+    assert f"your organisation's monthly budget. A max_tokens of {fits[0]} or less would fit." in error["message"]
+    assert "$" not in error["message"]
     assert window.end.strftime("%Y-%m-%dT%H:%M:%SZ") in error["message"]
     assert 0 < int(response["Retry-After"]) <= 31 * 24 * 3600
 

@@ -39,7 +39,7 @@ def test_job_runs_on_worker_and_stores_output_and_usage(worker, committed_person
     assert final["started_at"] and final["finished_at"]
     sent = upstream.stats()["last_bodies"][-1]
     assert sent["model"] == "local-small"
-    assert sent["max_tokens"] == 50
+    assert sent["max_completion_tokens"] == 50  # OpenAI's name for it (the catalog row is provider openai)
 
 
 def test_usage_is_counted_and_marked_estimated_when_provider_omits_it(worker, committed_personas: Personas, upstream):
