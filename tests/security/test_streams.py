@@ -231,6 +231,15 @@ def _open_v1_stream(stack: contextlib.ExitStack, client: httpx.Client) -> httpx.
     return stack.enter_context(client.stream("POST", "/v1/chat/completions", json={**HELD, "stream": True}))
 
 
+def _answer(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """The response's head, and its body unless it is a stream (which is left at
+    once: a stream that should have been refused must not hang the test)."""
+    with client.stream(method, url, **kwargs) as response:
+        if response.status_code != 200:
+            response.read()
+        return response
+
+
 def _slots(schema: str) -> int:
     return int(redis.Redis.from_url(settings.REDIS_URL).zcard(f"aip:{{{schema}}}:streams:tenant"))
 
@@ -256,9 +265,9 @@ def test_open_streams_are_capped_per_key_and_per_tenant(platform_server, held, c
         assert _open_v1_stream(stack, alice).status_code == 200  # a /v1 stream takes a slot too
         jobs_before = _job_count(alice_p)
         for refused in (
-            alice.get(f"/api/v1/jobs/{alice_job}/events"),
-            alice.post("/v1/chat/completions", json={**HELD, "stream": True}),
-            alice.post("/v1/chat/completions", json=HELD),  # a non-stream wait as well
+            _answer(alice, "GET", f"/api/v1/jobs/{alice_job}/events"),
+            _answer(alice, "POST", "/v1/chat/completions", json={**HELD, "stream": True}),
+            _answer(alice, "POST", "/v1/chat/completions", json=HELD),  # a non-stream wait as well
         ):
             assert refused.status_code == 429, refused.text
             assert refused.json()["error"]["code"] == "too_many_streams"
@@ -266,7 +275,7 @@ def test_open_streams_are_capped_per_key_and_per_tenant(platform_server, held, c
             assert int(refused.headers["Retry-After"]) > 0
         assert _job_count(alice_p) == jobs_before  # a refused /v1 call starts no job
         assert _open_sse(stack, bob, bob_job).status_code == 200  # the tenant's third
-        over_tenant = bob.get(f"/api/v1/jobs/{bob_job}/events")
+        over_tenant = _answer(bob, "GET", f"/api/v1/jobs/{bob_job}/events")
         assert over_tenant.status_code == 429
         assert "STREAMS_PER_TENANT" in over_tenant.json()["error"]["message"]
         assert _open_sse(stack, carol, carol_job).status_code == 200  # another tenant is not affected
