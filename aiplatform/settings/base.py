@@ -285,6 +285,18 @@ SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 # with the job id (x-aip-job-id) so the client can poll the async API.
 V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 600, minimum=1)
 
+# The HTTP edge (aiplatform/asgi.py, apps/jobs/leases.py).
+# Largest JSON body the API takes (413 request_too_large above it, refused before
+# it is read); a route may get its own limit in asgi.BODY_LIMITS.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE, minimum=1024)
+# Open long-lived connections (SSE job streams, streaming /v1 chat completions,
+# non-stream /v1 waits) per API key and per tenant; above them 429 too_many_streams.
+STREAMS_PER_KEY = env_int("STREAMS_PER_KEY", 50, minimum=1)
+STREAMS_PER_TENANT = env_int("STREAMS_PER_TENANT", 500, minimum=1)
+# A connection's slot is renewed every SSE_HEARTBEAT_SECONDS; one whose web process
+# died frees after this long (at least three heartbeats).
+STREAM_LEASE_SECONDS = env_int("STREAM_LEASE_SECONDS", 60, minimum=5)
+
 # Completion webhooks (apps/jobs/webhooks.py). One deadline for a whole delivery
 # (connect, TLS, request, the answer's headers).
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)

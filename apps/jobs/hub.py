@@ -15,6 +15,11 @@ the next `XREAD` includes its stream.
 Each listener has its own position (`after`): it gets the entries after it, in
 order, each once, with no gap. Listeners of the same stream may be at different
 positions; the hub reads the stream from the least advanced of them.
+
+One stream must not cut the others: when Redis refuses the shared XREAD (a
+position it cannot parse, a key that is not a stream), the hub reads each stream
+on its own, fails only the listeners of the streams Redis refuses, and carries on
+for everyone else. Only a lost connection reaches every listener.
 """
 
 from __future__ import annotations
@@ -154,6 +159,11 @@ class StreamHub:
                 self.blocked = True
                 try:
                     response: Any = await reader.xread(streams, block=BLOCK_MS, count=COUNT)  # type: ignore[arg-type]
+                except aioredis.ResponseError as exc:
+                    self.blocked = False
+                    # Redis answered, refusing the command: a stream of it is at fault,
+                    # not the connection. Find which, without blocking.
+                    response = await self._read_each(streams, starts, exc)
                 finally:
                     self.blocked = False
                 for key, entries in response or ():
@@ -161,6 +171,39 @@ class StreamHub:
         finally:
             self.reader_id = None
             await reader.aclose()
+
+    async def _read_each(
+        self, streams: dict[bytes, str], starts: dict[bytes, tuple[int, int]], error: Exception
+    ) -> list[tuple[bytes, Any]]:
+        """Read each stream on its own (one pipelined round trip); fail the
+        listeners whose position the refused read started from (the least
+        advanced; the others get the next read), and return what the streams
+        Redis accepted gave."""
+        pipeline = self.commands.pipeline(transaction=False)
+        for key, start in streams.items():
+            pipeline.xread({key: start}, count=COUNT)
+        results = await pipeline.execute(raise_on_error=False)
+        response: list[tuple[bytes, Any]] = []
+        refused = False
+        for (key, _), result in zip(streams.items(), results, strict=True):
+            if isinstance(result, Exception):
+                refused = True
+                logger.warning("job stream hub: %s refused (%s); failing its listeners", key.decode(), result)
+                self._fail(key, starts[key], result)
+            elif result:
+                response.extend(result)
+        if not refused:  # nothing to blame: do not spin on a command Redis keeps refusing
+            logger.warning("job stream hub: XREAD refused (%s) though every stream reads alone", error)
+            await asyncio.sleep(RETRY_SECONDS)
+        return response
+
+    def _fail(self, key: bytes, start: tuple[int, int], error: Exception) -> None:
+        group = self.listeners.get(key, set())
+        for listener in [listener for listener in group if listener.last == start]:
+            group.discard(listener)
+            listener.queue.put_nowait(error)
+        if not group:
+            self.listeners.pop(key, None)
 
     def _deliver(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]], start: tuple[int, int]) -> None:
         """Hand the entries read after `start` to the stream's listeners. Only a

@@ -52,9 +52,10 @@ from apps.ratelimit.limits import (
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
+from .leases import KeyRevoked, StreamLease, lease_acquire, release_on_close
 from .models import Job, JobStatus
 from .serializers import JobCreateSerializer
-from .services import JobRequest, job_submit
+from .services import JobRequest, Submission, job_submit
 from .sse import HEARTBEAT, job_event_stream, load_job
 
 JOB_ID_HEADER = "x-aip-job-id"
@@ -119,6 +120,18 @@ class _Submitted:
     stream: bool
     include_usage: bool
     headers: dict[str, str]  # the rate-limit headers
+    lease: StreamLease  # the connection's stream slot, held while it waits or streams
+
+
+def _submit_with_slot(principal: Principal, request: JobRequest) -> tuple[StreamLease, Submission]:
+    """Take the connection's stream slot, then submit: a caller over its cap
+    (TooManyStreams, 429) starts no job that nobody would wait for."""
+    lease = lease_acquire(principal=principal)
+    try:
+        return lease, job_submit(principal=principal, request=request)
+    except BaseException:
+        lease.release_sync()
+        raise
 
 
 def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
@@ -135,7 +148,7 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
             return _json_error(exc.status_code, api_error_body(exc), exc.headers)
         try:
             request, stream, include_usage = _chat_request(body)
-            submission = job_submit(principal=principal, request=request)
+            lease, submission = _submit_with_slot(principal, request)
         except ApiError as exc:
             if exc.code == "model_not_found":
                 exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
@@ -150,7 +163,7 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
         except exceptions.ValidationError as exc:
             return _json_error(400, validation_error_body(exc), ratelimit_headers(principal))
         limits = submission.limits.headers() if submission.limits is not None else ratelimit_headers(principal)
-        return _Submitted(current_schema(), submission.job, stream, include_usage, limits)
+        return _Submitted(current_schema(), submission.job, stream, include_usage, limits, lease)
     finally:
         release_connection()  # the response follows the job's stream, maybe for minutes
 
@@ -184,45 +197,25 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.body)
     if isinstance(submitted, JsonResponse):
         return submitted
-    schema, job, include_usage = submitted.schema, submitted.job, submitted.include_usage
+    schema, job, include_usage, lease = submitted.schema, submitted.job, submitted.include_usage, submitted.lease
     headers = {JOB_ID_HEADER: str(job.pk), **submitted.headers}
     if submitted.stream:
         response = StreamingHttpResponse(
-            _chunks(schema, job, include_usage), content_type="text/event-stream", headers=headers
+            _chunks(schema, job, include_usage, lease), content_type="text/event-stream", headers=headers
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        release_on_close(response, lease)
         return response
-    # The answer is assembled from the job's events (its text, usage and ending),
-    # so a completed call costs no second trip to Postgres.
-    pieces: list[str] = []
-    usage: dict[str, Any] | None = None
-    final: dict[str, Any] = {}
-    if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
-        pieces, usage = [job.output], _usage(job)
-        final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
-    else:
-        try:
-            async with asyncio.timeout(settings.V1_WAIT_TIMEOUT_SECONDS):
-                async for _, event in job_event_stream(schema, job):
-                    kind = event["type"]
-                    if kind == "delta":
-                        pieces.append(event["text"])
-                    elif kind == "fallback":  # the next model starts over
-                        pieces.clear()
-                    elif kind == "usage":
-                        usage = _usage_from_event(event)
-                    elif kind in ("done", "error"):
-                        final = event
-                        break
-        except TimeoutError:
-            body = error_body(
-                error_type="server_error",
-                code="timeout",
-                message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; "
-                f"poll GET /api/v1/jobs/{job.pk}.",
-            )
-            return _json_error(504, body, headers)
+    try:
+        answer = await _wait_for_answer(request, schema, job, lease)
+    finally:
+        await lease.release()
+    if isinstance(answer, JsonResponse):
+        for name, value in headers.items():
+            answer.headers.setdefault(name, value)
+        return answer
+    pieces, usage, final = answer
     if final["type"] == "error":
         status, error_type = _provider_failure_status(
             provider_status=final.get("provider_status"), error_type=final["error_type"]
@@ -253,6 +246,67 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return JsonResponse(completion, headers=headers)
 
 
+# What the client gets when it left before the answer (it reads nothing): nginx's
+# "client closed request", so logs tell these apart from answers.
+CLIENT_GONE_STATUS = 499
+
+
+async def _wait_for_answer(
+    request: HttpRequest, schema: str, job: Job, lease: StreamLease
+) -> tuple[list[str], dict[str, Any] | None, dict[str, Any]] | JsonResponse:
+    """Wait for the job's text, usage and ending, at most V1_WAIT_TIMEOUT_SECONDS
+    and only while the client is still there (aiplatform.asgi's StreamHandler sets
+    `client_gone`); else the error response. Giving up stops the wait, not the job."""
+    if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
+        final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
+        return [job.output], _usage(job), final
+    collect = asyncio.ensure_future(_collect(schema, job, lease))
+    waits: set[asyncio.Future[Any]] = {collect}
+    gone: asyncio.Event | None = getattr(request, "client_gone", None)
+    if gone is not None:
+        waits.add(asyncio.ensure_future(gone.wait()))
+    try:
+        await asyncio.wait(waits, timeout=settings.V1_WAIT_TIMEOUT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    if collect.done() and not collect.cancelled():
+        try:
+            return collect.result()
+        except KeyRevoked as exc:
+            body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
+            return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+    if gone is not None and gone.is_set():
+        body = error_body(error_type="invalid_request_error", code="client_gone", message="The client disconnected.")
+        return _json_error(CLIENT_GONE_STATUS, body)
+    body = error_body(
+        error_type="server_error",
+        code="timeout",
+        message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; poll GET /api/v1/jobs/{job.pk}.",
+    )
+    return _json_error(504, body)
+
+
+async def _collect(
+    schema: str, job: Job, lease: StreamLease
+) -> tuple[list[str], dict[str, Any] | None, dict[str, Any]]:
+    """The job's answer assembled from its events (its text, usage and ending), so
+    a completed call costs no second trip to Postgres."""
+    pieces: list[str] = []
+    usage: dict[str, Any] | None = None
+    async for _, event in job_event_stream(schema, job, lease=lease):
+        kind = event["type"]
+        if kind == "delta":
+            pieces.append(event["text"])
+        elif kind == "fallback":  # the next model starts over
+            pieces.clear()
+        elif kind == "usage":
+            usage = _usage_from_event(event)
+        elif kind in ("done", "error"):
+            return pieces, usage, event
+    raise AssertionError("a job's event stream ends with done or error")
+
+
 def _usage_from_event(event: dict[str, Any]) -> dict[str, int]:
     prompt, completion = event["input_tokens"], event["output_tokens"]
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -269,15 +323,27 @@ def _chunk(job: Job, created: int, delta: dict[str, Any], finish_reason: str | N
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _chunks(schema: str, job: Job, include_usage: bool) -> AsyncIterator[bytes]:
+async def _chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
     """The job's events in OpenAI's chunk format: a role chunk, content chunks, a
     finish chunk, the usage chunk when asked for, then `data: [DONE]`. A failed job
-    sends an `error` event (the SDK raises it) and no [DONE]."""
+    sends an `error` event (the SDK raises it) and no [DONE]; so does a key revoked
+    while it streams."""
+    try:
+        async for chunk in _job_chunks(schema, job, include_usage, lease):
+            yield chunk
+    except KeyRevoked as exc:
+        body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
+        yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    finally:
+        await lease.release()
+
+
+async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
     created = int(time.time())
     yield _chunk(job, created, {"role": "assistant", "content": ""})
     usage: dict[str, int] | None = None
     sent = False  # any content yet
-    async for _, event in job_event_stream(schema, job):
+    async for _, event in job_event_stream(schema, job, lease=lease):
         kind = event["type"]
         if event is HEARTBEAT[1]:
             yield b": keep-alive\n\n"

@@ -21,17 +21,19 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
 from apps.accounts.authentication import InvalidKey, principal_from_header
-from apps.core.errors import error_body
+from apps.core.errors import api_error_body, error_body
 from apps.core.threads import in_thread
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
 from .events import FINAL_EVENTS, stream_key
 from .hub import stream_hub
+from .leases import KeyRevoked, StreamLease, TooManyStreams, lease_acquire, release_on_close
 from .models import FINAL_STATUSES, Job
 from .selectors import job_get
 
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+MAX_ID_PART = 2**64 - 1  # each part of a Redis Stream id is an unsigned 64-bit number
 # Synthetic ids for a job served from Postgres (its stream expired): below any
 # real entry id, so a client resuming from them never skips real events.
 FALLBACK_DELTA_ID, FALLBACK_USAGE_ID, FALLBACK_DONE_ID = "0-1", "0-2", "0-3"
@@ -48,15 +50,25 @@ def load_job(schema: str, pk: Any) -> Job:
         release_connection()
 
 
-def _authorize(header: str, job_id: str) -> tuple[str, Job | None]:
-    """(schema, the caller's job or None); raises InvalidKey. Runs in a thread:
-    it may query Postgres (key and job lookups)."""
+def stream_position(value: str) -> bool:
+    """Whether `value` is an entry id Redis accepts: `<ms>-<seq>`, each within
+    0..2^64-1. Anything else must not reach the hub's shared XREAD."""
+    match = STREAM_ID.match(value)
+    return match is not None and all(int(part) <= MAX_ID_PART for part in match.groups())
+
+
+def _authorize(header: str, job_id: str, *, lease: bool) -> tuple[str, Job | None, StreamLease | None]:
+    """(schema, the caller's job or None, the stream's slot when `lease` and the
+    job was found); raises InvalidKey or TooManyStreams. Runs in a thread: it may
+    query Postgres (key and job lookups)."""
     activate_key_tenant(header)
     principal = principal_from_header(header)
     if principal is None:
         raise InvalidKey("Send your API key: 'Authorization: Bearer aip_...'.")
     try:
-        return current_schema(), job_get(principal=principal, job_id=job_id)
+        job = job_get(principal=principal, job_id=job_id)
+        slot = lease_acquire(principal=principal) if lease and job is not None else None
+        return current_schema(), job, slot
     finally:
         release_connection()  # the stream may stay open for minutes
 
@@ -96,11 +108,14 @@ def _from_postgres(job: Job) -> list[tuple[str, dict[str, Any]]]:
 HEARTBEAT = ("", {"type": "heartbeat"})
 
 
-async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIterator[tuple[str, dict[str, Any]]]:
+async def job_event_stream(
+    schema: str, job: Job, after: str = "0-0", lease: StreamLease | None = None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """A job's events as (entry id, event) from `after` on, ending with `done` or
     `error`; HEARTBEAT while nothing happens. Shared by the SSE endpoint and the
     OpenAI-compatible /v1/chat/completions. `job` must be freshly loaded (its
-    status decides whether Redis or Postgres serves it)."""
+    status decides whether Redis or Postgres serves it). With a `lease`, it is
+    renewed and the key re-checked as events and heartbeats pass (KeyRevoked)."""
     key = stream_key(schema=schema, job_id=job.pk)
     hub = stream_hub()
     heartbeat = settings.SSE_HEARTBEAT_SECONDS
@@ -119,6 +134,8 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
                     async with asyncio.timeout(heartbeat):
                         item = await queue.get()
                 except TimeoutError:
+                    if lease is not None:
+                        await lease.tick()
                     yield HEARTBEAT
                     job = await in_thread(load_job, schema, job.pk)
                     if job.status in FINAL_STATUSES and queue.empty():
@@ -137,39 +154,62 @@ async def job_event_stream(schema: str, job: Job, after: str = "0-0") -> AsyncIt
                 raise item
             entry_id, payload = item
             event = json.loads(payload)
+            if lease is not None:
+                await lease.tick()
             yield entry_id, event
             if event["type"] in FINAL_EVENTS:
                 return
 
 
-async def _sse_body(schema: str, job: Job, after: str) -> AsyncIterator[bytes]:
-    # When the client goes away the handler cancels this generator: nothing to
-    # undo (the pooled Redis connection is returned), and the job runs on.
-    async for event_id, event in job_event_stream(schema, job, after):
-        yield b": keep-alive\n\n" if event is HEARTBEAT[1] else _sse(event_id, event)
+REVOKED_EVENT = {
+    "type": "error",
+    "error_type": "invalid_api_key",
+    "message": "The API key was revoked: this stream ends.",
+    "provider_status": None,
+}
+
+
+async def _sse_body(schema: str, job: Job, after: str, lease: StreamLease) -> AsyncIterator[bytes]:
+    # When the client goes away the handler cancels this generator (and releases
+    # the lease): nothing else to undo, and the job runs on.
+    try:
+        async for event_id, event in job_event_stream(schema, job, after, lease):
+            yield b": keep-alive\n\n" if event is HEARTBEAT[1] else _sse(event_id, event)
+    except KeyRevoked:
+        # No id: a client resuming elsewhere resumes from its last real event.
+        yield b"data: " + json.dumps(REVOKED_EVENT, separators=(",", ":")).encode() + b"\n\n"
+    finally:
+        await lease.release()
 
 
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
+    header_id = request.headers.get("Last-Event-ID")
+    param, after = ("Last-Event-ID", header_id) if header_id else ("after", request.GET.get("after") or "0-0")
+    valid = stream_position(after)
     try:
-        schema, job = await in_thread(_authorize, request.headers.get("Authorization", ""), job_id)
+        schema, job, lease = await in_thread(_authorize, request.headers.get("Authorization", ""), job_id, lease=valid)
     except InvalidKey as exc:
         body = error_body(error_type="authentication_error", code="invalid_api_key", message=str(exc))
         return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    except TooManyStreams as exc:
+        return JsonResponse(api_error_body(exc), status=exc.status_code, headers=exc.headers)
     if job is None:
         body = error_body(
             error_type="invalid_request_error", code="not_found", message=f"No job with id {job_id}.", param="id"
         )
         return JsonResponse(body, status=404)
-    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
-    if not STREAM_ID.match(after):
+    if not valid:
         body = error_body(
             error_type="invalid_request_error",
             code="invalid_event_id",
-            message=f"Last-Event-ID / after must look like '1700000000000-0', got {after!r}.",
-            param="Last-Event-ID",
+            message=f"{param} must be an event id like '1700000000000-0' (two numbers up to {MAX_ID_PART}),"
+            f" got {after[:64]!r}.",
+            param=param,
         )
         return JsonResponse(body, status=400)
-    response = StreamingHttpResponse(_sse_body(schema, job, after), content_type="text/event-stream")
+    assert lease is not None
+    response = StreamingHttpResponse(_sse_body(schema, job, after, lease), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
+    release_on_close(response, lease)
     return response
