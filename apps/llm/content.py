@@ -52,33 +52,42 @@ def media_parts(messages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, Ma
 def content_admit(*, spec: ModelSpec, messages: Iterable[Mapping[str, Any]]) -> int:
     """The input tokens the request's non-text parts may cost at `spec`, or a 400
     naming the first part it cannot take."""
+    return _media_tokens(spec, messages, refuse=True)
+
+
+def content_tokens(*, spec: ModelSpec, messages: Iterable[Mapping[str, Any]]) -> int:
+    """The same count without refusing anything: what a call's non-text parts are
+    billed at when the provider reports no usage (tiktoken counts them as nothing),
+    so what was held for them is what is charged."""
+    return _media_tokens(spec, messages, refuse=False)
+
+
+def _media_tokens(spec: ModelSpec, messages: Iterable[Mapping[str, Any]], *, refuse: bool) -> int:
     total = 0
     for param, part in media_parts(messages):
         kind = str(part.get("type"))
         modality = PART_MODALITY.get(kind)
-        if modality is None or modality not in spec.input_modalities:
+        if refuse and (modality is None or modality not in spec.input_modalities):
             takes = ", ".join(spec.input_modalities)
             raise InvalidRequest(
                 f"{param}: {spec.slug} does not take {modality or kind} input (it takes: {takes}).",
                 code="unsupported_content",
                 param=param,
             )
-        if kind == "image_url":
-            image = part["image_url"]
-            url = str(image["url"])
-            if not url.startswith("data:"):
-                if not spec.allow_remote_media:
-                    raise InvalidRequest(
-                        f"{param}.image_url.url: {spec.slug} does not take image URLs; send the image inline"
-                        " as a data: URL (base64).",
-                        code="remote_media_not_allowed",
-                        param=f"{param}.image_url.url",
-                    )
-                total += spec.max_tokens_per_part
-                continue
-            total += image_tokens(url, detail=str(image.get("detail") or "auto"), cap=spec.max_tokens_per_part)
-        else:
+        image = part.get("image_url") if kind == "image_url" else None
+        url = str(image.get("url", "")) if isinstance(image, Mapping) else ""
+        if image is None or not url.startswith("data:"):
+            if refuse and image is not None and not spec.allow_remote_media:
+                raise InvalidRequest(
+                    f"{param}.image_url.url: {spec.slug} does not take image URLs; send the image inline"
+                    " as a data: URL (base64).",
+                    code="remote_media_not_allowed",
+                    param=f"{param}.image_url.url",
+                )
             total += spec.max_tokens_per_part
+            continue
+        detail = str(image.get("detail") or "auto") if isinstance(image, Mapping) else "auto"
+        total += image_tokens(url, detail=detail, cap=spec.max_tokens_per_part)
     return total
 
 

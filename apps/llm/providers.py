@@ -31,6 +31,7 @@ from django.conf import settings
 
 from apps.catalog.selectors import ModelSpec
 
+from .content import content_tokens
 from .tokens import count_message_tokens, count_text_tokens
 
 # Keyless local servers (llama.cpp, Ollama, vLLM without --api-key) still need a
@@ -349,7 +350,7 @@ def _chat_stream(
     if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
         input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
     else:
-        input_tokens = count_message_tokens(messages, spec.encoding)
+        input_tokens = count_message_tokens(messages, spec.encoding) + content_tokens(spec=spec, messages=messages)
         output_tokens, estimated = count_text_tokens(output, spec.encoding), True
     return ChatResult(
         output=output,

@@ -179,3 +179,30 @@ def test_v1_clients_get_a_bad_request_naming_the_part(platform_server, committed
         sdk.chat.completions.create(model="local-small", messages=messages)
     assert raised.value.code == "unsupported_content"
     assert raised.value.param == "messages.0.content.1"
+
+
+def test_a_provider_without_usage_bills_the_parts_at_what_was_held(worker, committed_personas: Personas, upstream):
+    """llama.cpp-like servers send no usage: the estimate counts the text with
+    tiktoken (which sees nothing in a part) and each part at what admission held."""
+    from apps.catalog.models import DEFAULT_MAX_TOKENS_PER_PART
+    from apps.catalog.selectors import catalog_cache_clear
+    from tests.support import job_until_final
+
+    upstream.configure(stream_usage=False)
+    _takes("local-small", "audio", max_tokens_per_part=900)
+    catalog_cache_clear()
+    try:
+        audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}
+        client = committed_personas.alice.client()
+        response = client.post("/api/v1/jobs", _body(audio), format="json")
+        assert response.status_code == 202, response.json()
+        done = job_until_final(client, response.json()["id"])
+        assert done["status"] == "succeeded", done
+        assert done["usage"]["estimated"] is True
+        text_only = count_message_tokens([{"role": "user", "content": [TEXT]}])
+        assert done["usage"]["input_tokens"] == text_only + 900
+    finally:
+        LLMModel.objects.filter(slug="local-small").update(
+            input_modalities=["text"], max_tokens_per_part=DEFAULT_MAX_TOKENS_PER_PART
+        )
+        catalog_cache_clear()
