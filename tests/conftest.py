@@ -212,7 +212,8 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
                 if attempt == 9:
                     raise
                 time.sleep(0.2)
-        # Budget counters, reservations, alert marks, buckets, cached answers and breakers:
+        # Budget counters, reservations, alert marks, buckets, cached answers, breakers,
+        # stream slots, cancel flags and settlement marks:
         # every test starts with none.
         client = redis.Redis.from_url(settings.REDIS_URL)
         patterns = (
@@ -223,6 +224,10 @@ def committed_db(platform: dict[str, Tenant], django_db_blocker: Any) -> Iterato
             "aip:rl:*",
             "aip:{*}:cache:*",
             "aip:cb:*",
+            "aip:{*}:streams:*",
+            "aip:{*}:cancel:*",
+            "aip:{*}:settled:*",
+            "aip:{*}:rlsettled:*",
         )
         for pattern in patterns:
             for key in client.scan_iter(match=pattern, count=1000):
