@@ -558,3 +558,39 @@ def test_the_models_deadline_holds_on_the_gevent_worker(
         entries = list(LedgerEntry.objects.filter(job_id=job["id"]))
         assert Job.objects.get(pk=job["id"]).attempts == 1
     assert [e.kind for e in entries] == [LedgerKind.CHARGE] and 0 < entries[0].output_tokens < 400
+
+
+def test_a_cancel_and_the_worker_settling_the_same_job_give_its_tokens_back_once(committed_personas: Personas):
+    """A cancel that races the worker: both settle the job's rate-limit tokens (the
+    cancel as for a queued job, the worker after its call). The tokens come back
+    once. Two jobs drain the bucket, so a second refund would show below the cap."""
+    from apps.jobs.services import _reconcile_rate_limits, job_cancel
+    from apps.ratelimit.models import UserRateLimit
+
+    alice = committed_personas.alice
+    messages = [{"role": "user", "content": "count my tokens"}]
+    tokens = count_message_tokens(messages) + 100
+    with tenant_context(alice.tenant):
+        UserRateLimit.objects.create(user_id=alice.user_id, tokens_per_minute=60, burst_tokens=3 * tokens + 10)
+    key = f"aip:{{{alice.tenant.schema_name}}}:rl:user:{alice.user_id}"
+    client = alice.client()
+    body = {"model": "routing-probe", "messages": messages, "max_tokens": 100}  # no worker takes routing-probe
+    ids = [client.post("/api/v1/jobs", body, format="json").json()["id"] for _ in range(2)]
+    before = float(_store().hget(key, "tokens"))
+    with tenant_context(alice.tenant):
+        principal = Principal(
+            tenant_schema=alice.tenant.schema_name,
+            user_id=alice.user_id,
+            email=alice.email,
+            tier="standard",
+            key_id=0,
+            key_prefix="",
+        )
+        job_cancel(principal=principal, job_id=ids[0])  # gives the tokens back (it never ran)
+        job = Job.objects.select_related("user").get(pk=ids[0])
+        spec = model_get("routing-probe")
+        assert spec is not None
+        _reconcile_rate_limits(job=job, spec=spec, used=0)  # the worker's settle, late
+    after = float(_store().hget(key, "tokens"))
+    assert tokens - 5 <= after - before <= tokens + 5, (before, after, tokens)
+    _store().delete("llm.routing-probe")
