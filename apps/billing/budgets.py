@@ -304,27 +304,10 @@ def budgets_for(*, tenant_schema: str, user_id: int, tier: str) -> tuple[Budget,
 Fit = Callable[[int], "tuple[int, int] | None"]
 
 
-def budget_reserve(
-    *,
-    principal: Principal,
-    job_id: uuid.UUID,
-    amount_micros: int,
-    fit: Fit | None = None,
-    adjust: bool = False,
-    now: datetime | None = None,
-) -> int:
-    """Hold `amount_micros` against every budget of the caller: the amount held, 0
-    when no budget applies (nothing is held). Idempotent per job.
-
-    `fit(room)` is the largest request that fits `room` micro-dollars: (max_tokens,
-    its worst case), or None. A request larger than what is left of a budget is
-    refused naming that max_tokens; with `adjust` (the caller set no max_tokens)
-    it is held at that size instead, and `held_max_tokens` tells the caller what to
-    send. Raises BudgetExceeded (used up, or too large) or BudgetBusy (in-flight
-    holds take the room: try again soon)."""
-    return budget_hold(
-        principal=principal, job_id=job_id, amount_micros=amount_micros, fit=fit, adjust=adjust, now=now
-    ).amount
+def budget_reserve(*, principal: Principal, job_id: uuid.UUID, amount_micros: int) -> int:
+    """budget_hold's amount, for callers with nothing to fit (embeddings have no
+    output allowance): the micro-dollars held, 0 when no budget applies."""
+    return budget_hold(principal=principal, job_id=job_id, amount_micros=amount_micros).amount
 
 
 @dataclass(frozen=True)
@@ -342,7 +325,14 @@ def budget_hold(
     adjust: bool = False,
     now: datetime | None = None,
 ) -> Hold:
-    """budget_reserve, saying what max_tokens an adjusted request was fitted to."""
+    """Hold `amount_micros` against every budget of the caller. Idempotent per job.
+
+    `fit(room)` is the largest request that fits `room` micro-dollars: (max_tokens,
+    its worst case), or None. A request larger than what is left of a budget is
+    refused naming that max_tokens; with `adjust` (the caller set no max_tokens)
+    it is held at that size instead, and the Hold's `max_tokens` says what to send.
+    Raises BudgetExceeded (used up, or too large) or BudgetBusy (in-flight holds
+    take the room: try again soon)."""
     budgets = budgets_for(tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier)
     if not budgets:
         return Hold(0)
