@@ -182,8 +182,10 @@ def _script(source: str, *, cache: bool = False) -> Script:
 
 def flight_join(*, schema: str, key: str, job_id: uuid.UUID) -> uuid.UUID | None:
     """Lead the flight for `key` (None) or follow the job that leads it (its id)."""
-    # A leader that died frees the key once no job could still be running.
-    ttl = settings.JOB_DEADLINE_SECONDS + settings.LLM_REQUEST_TIMEOUT_SECONDS + 60
+    # A leader that died frees the key once no job could still be running (a model's
+    # own deadline may be longer than the default).
+    longest = max(settings.JOB_DEADLINE_SECONDS, settings.JOB_TIMEOUT_MAX_SECONDS)
+    ttl = longest + settings.LLM_REQUEST_TIMEOUT_SECONDS + 60
     try:
         leader = _script(_JOIN)(keys=[_flight_key(schema, key), _followers_key(schema, key)], args=[str(job_id), ttl])
     except redis.RedisError as exc:

@@ -482,7 +482,6 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
         cancel_flag_set(schema=principal.tenant_schema, job_id=job.pk)
     metrics.record_job_status(JobStatus.CANCELLED)
     job_events_close(job_id=job.pk, status=JobStatus.CANCELLED.value)
-    webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     if was_queued:
         # Never ran: its hold and its tokens go back now. A running job's worker
         # settles it (the provider is already working, and charges for it).
@@ -496,6 +495,7 @@ def job_cancel(*, principal: Principal, job_id: uuid.UUID | str) -> Job:
 
         app.control.revoke(str(job.pk))
         job_flight_abandon(job=job)
+    webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)  # last: the accounting above may not wait on it
     job.refresh_from_db()
     return job
 
@@ -690,6 +690,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
 def _hold_time(job: Job) -> datetime:
     """When the job's budget hold was made: its charge is dated then (and so lands
     in the period whose counters the hold was settled into)."""
+    if not job.reserved_micros:  # no budget applies: nothing was held, nothing to read
+        return job.created_at or timezone.now()
     try:
         at = budget_hold_time(schema=current_schema(), job_id=job.pk)
     except redis.RedisError:
@@ -700,9 +702,10 @@ def _hold_time(job: Job) -> datetime:
 def _settle(*, job_id: uuid.UUID, cost: int) -> None:
     """Settle the job's hold at `cost`, retrying Redis errors for up to
     BUDGET_SETTLE_RETRY_SECONDS: the charge is already in the ledger, and a hold
-    given back without it would hide the cost. Still failing: raised, and the
+    given back without it would hide the cost. Still failing: logged, and the
     budget sweep settles the job from its recorded cost (settling is exactly once
-    and order-free, so a late settle still lands)."""
+    and order-free, so a late settle still lands); the job's answer, events and
+    webhook go on, so nothing fails it afterwards and releases the hold at 0."""
     schema = current_schema()
     give_up = time.monotonic() + settings.BUDGET_SETTLE_RETRY_SECONDS
     delay = 0.05
@@ -712,8 +715,10 @@ def _settle(*, job_id: uuid.UUID, cost: int) -> None:
             return
         except redis.RedisError as exc:
             if time.monotonic() + delay > give_up:
+                # The hold's record is still there (Redis never took the settle): the
+                # budget sweep settles it from the job's recorded cost.
                 logger.error("job %s: settlement of %d micro-USD failed; the sweep will settle it", job_id, cost)
-                raise
+                return
             logger.warning("job %s: settlement failed (%s); retrying in %.2fs", job_id, exc, delay)
             time.sleep(delay)
             delay = min(2 * delay, 2.0)
@@ -1229,8 +1234,11 @@ def job_fail(
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
-    # Idempotent: also when the job was cancelled meanwhile, its hold goes back.
-    budget_release(schema=current_schema(), job_id=job_id)
+    # The hold goes back when this failed the job, or when the job was cancelled
+    # while it ran (its worker settles it). Not for a job that ended otherwise (a
+    # success whose later step raised): its hold was settled, or is the sweep's.
+    if failed or Job.objects.filter(pk=job_id, status=JobStatus.CANCELLED).exists():
+        budget_release(schema=current_schema(), job_id=job_id)
     if failed:
         metrics.record_job_status(JobStatus.FAILED)
         logger.info("job %s failed: %s", job_id, error_type, extra={"error_type": error_type})

@@ -347,7 +347,12 @@ def webhook_deliver(*, job_id: uuid.UUID, attempt: int) -> bool:
 
 
 def webhook_schedule(*, job_id: uuid.UUID, webhook_url: str) -> None:
+    """Queue the job's first delivery. The broker unreachable: logged, not raised,
+    so a job's end (its cancel, its answer) never fails for its webhook's sake."""
     if webhook_url:
         from tasks.webhooks import webhook_send
 
-        webhook_send.apply_async(kwargs={"job_id": str(job_id), "attempt": 1})
+        try:
+            webhook_send.apply_async(kwargs={"job_id": str(job_id), "attempt": 1})
+        except Exception:
+            logger.exception("job %s: its webhook could not be queued (broker unreachable)", job_id)

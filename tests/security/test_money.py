@@ -327,8 +327,8 @@ def test_a_broker_that_is_down_at_submission_gets_a_202_for_a_job_that_then_runs
 
 def test_a_broker_error_after_success_still_lands_the_cost_in_spent(committed_personas: Personas, upstream):
     """Between the job's success and the end of its accounting the broker fails (its
-    webhook cannot be published) and the task fails: the hold was settled at the
-    actual cost first, and the failure handler's release cannot undo it."""
+    webhook cannot be published: logged): the hold was settled at the actual cost
+    first, and nothing after it can release it."""
     alice = committed_personas.alice
     limit = Decimal("10")
     with tenant_context(alice.tenant):
@@ -594,3 +594,32 @@ def test_a_cancel_and_the_worker_settling_the_same_job_give_its_tokens_back_once
     after = float(_store().hget(key, "tokens"))
     assert tokens - 5 <= after - before <= tokens + 5, (before, after, tokens)
     _store().delete("llm.routing-probe")
+
+
+def test_a_succeeded_job_failed_by_a_later_step_keeps_its_hold_for_the_sweep(committed_personas: Personas):
+    """The task's last resort (a later step raised after the answer was stored, with
+    the settlement not landed) must not give the hold back at 0: the sweep settles
+    it from the job's recorded cost."""
+    from apps.billing.budgets import reservations_sweep
+    from apps.jobs.services import job_fail_unexpectedly
+
+    alice = committed_personas.alice
+    with tenant_context(alice.tenant):
+        UserBudget.objects.create(user_id=alice.user_id, period="day", limit_usd=Decimal("10"))
+        job = Job.objects.create(
+            user_id=alice.user_id,
+            model="local-small",
+            messages=MESSAGES,
+            status=JobStatus.SUCCEEDED,
+            cost_micros=700,
+            input_tokens_estimate=count_message_tokens(MESSAGES),
+        )
+        principal = Principal(tenant_schema="acme", user_id=alice.user_id, email=alice.email, tier="standard",
+                              key_id=0, key_prefix="")  # fmt: skip
+        assert budget_reserve(principal=principal, job_id=job.pk, amount_micros=1000)
+        job_fail_unexpectedly(job_id=job.pk, error_type="internal_error", message="a later step raised")
+        assert _store().exists(reservation_key(schema="acme", job_id=job.pk))
+        assert reservations_sweep(schema="acme")["settled"] == 1
+        job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert _counter(alice, "user") == {"spent": 700, "reserved": 0}
