@@ -36,6 +36,7 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -72,7 +73,40 @@ resolver: Callable[[str, int], list[str]] = system_resolve
 # getaddrinfo has no timeout of its own: lookups run here, and the caller waits at
 # most WEBHOOK_DNS_TIMEOUT_SECONDS. The pool is small and bounded, so a resolver
 # that hangs ties up these threads, never a web thread or an unbounded number.
-_lookups = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook-dns")
+LOOKUP_THREADS = 16
+# A lookup that outlives its caller's wait keeps its thread until the resolver
+# gives up (often 10 s or more): one tenant's hosts on a black-holed name server
+# would otherwise take every thread and fail every tenant's checks. Each tenant
+# may have this many lookups running in a process; the pool is a per-process
+# resource, so its guard is too.
+LOOKUPS_PER_TENANT = 4
+_lookups = concurrent.futures.ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="webhook-dns")
+_running: dict[str, int] = {}
+_running_lock = threading.Lock()
+
+
+def _lookup_slot(tenant: str) -> bool:
+    with _running_lock:
+        if _running.get(tenant, 0) >= LOOKUPS_PER_TENANT:
+            return False
+        _running[tenant] = _running.get(tenant, 0) + 1
+        return True
+
+
+def _lookup_done(tenant: str) -> None:
+    with _running_lock:
+        left = _running.get(tenant, 1) - 1
+        if left > 0:
+            _running[tenant] = left
+        else:
+            _running.pop(tenant, None)
+
+
+def _guarded(tenant: str, host: str, port: int) -> list[str]:
+    try:
+        return resolver(host, port)
+    finally:
+        _lookup_done(tenant)
 
 
 class WebhookRefused(InvalidRequest):
@@ -100,7 +134,15 @@ class WebhookTarget:
 
 
 def _resolve(host: str, port: int, *, param: str) -> list[str]:
-    future = _lookups.submit(resolver, host, port)
+    tenant = getattr(tenant_connection(), "schema_name", "") or ""
+    if not _lookup_slot(tenant):
+        raise WebhookRefused(
+            f"Too many webhook host lookups of yours are still running (at most {LOOKUPS_PER_TENANT});"
+            f" {host!r} was not looked up. Retry shortly.",
+            reason=ERROR_NO_RESPONSE,
+            param=param,
+        )
+    future = _lookups.submit(_guarded, tenant, host, port)
     try:
         return future.result(timeout=settings.WEBHOOK_DNS_TIMEOUT_SECONDS)
     except concurrent.futures.TimeoutError as exc:

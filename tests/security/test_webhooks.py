@@ -148,6 +148,35 @@ def test_a_slow_resolver_does_not_hold_the_submission(personas: Personas, settin
     assert "did not resolve within 1 s" in error["message"]
 
 
+def test_one_tenants_hanging_lookups_cannot_fail_another_tenants_checks(personas: Personas, settings, monkeypatch):
+    """Lookups outlive their callers' waits (getaddrinfo has no timeout): alice's
+    hosts on a black-holed name server may hold at most her share of the lookup
+    threads, so carol's webhook still resolves."""
+    settings.WEBHOOK_DNS_TIMEOUT_SECONDS = 0.2
+    release = threading.Event()
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host.endswith(".blackhole.example"):
+            release.wait(30)
+        return ["93.184.215.14"]
+
+    monkeypatch.setattr(webhooks, "resolver", resolve)
+    alice, carol = personas.alice.client(), personas.carol.client()
+    try:
+        answers = [
+            alice.post(
+                "/api/v1/jobs", {**CHAT, "webhook": {"url": f"https://h{n}.blackhole.example/hook"}}, format="json"
+            )
+            for n in range(webhooks.LOOKUP_THREADS + 4)
+        ]
+        assert {a.status_code for a in answers} == {400}
+        assert "lookups of yours are still running" in answers[-1].json()["error"]["message"]
+        ok = carol.post("/api/v1/jobs", {**CHAT, "webhook": {"url": "https://carol.example/hook"}}, format="json")
+    finally:
+        release.set()
+    assert ok.status_code == 202, ok.json()
+
+
 def test_the_operator_admin_refuses_a_tenants_non_http_or_private_urls(db, platform):
     from django.forms.models import model_to_dict
 
