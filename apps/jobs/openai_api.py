@@ -194,7 +194,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return _json_error(
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
-    submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.body)
+    # read(), not .body: the edge (aiplatform.asgi.BodyLimit) already held the body to
+    # API_MAX_BODY_BYTES, and .body would hold it to DATA_UPLOAD_MAX_MEMORY_SIZE too.
+    submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.read())
     if isinstance(submitted, JsonResponse):
         return submitted
     schema, job, include_usage, lease = submitted.schema, submitted.job, submitted.include_usage, submitted.lease
@@ -522,7 +524,7 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
             405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
         )
     try:
-        call = await in_thread(_embeddings_admit, request.headers.get("Authorization", ""), request.body)
+        call = await in_thread(_embeddings_admit, request.headers.get("Authorization", ""), request.read())
     except InvalidKey as exc:
         body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
         return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})

@@ -220,6 +220,20 @@ def test_a_body_within_the_limit_still_reaches_the_view(platform_server, held, s
         alice.post(f"/api/v1/jobs/{job_id}/cancel")
 
 
+def test_v1_takes_bodies_up_to_the_api_limit_when_it_is_above_djangos(
+    platform_server, upstream, settings, committed_personas: Personas
+):
+    """The /v1 views read their body themselves: API_MAX_BODY_BYTES is their limit,
+    not Django's DATA_UPLOAD_MAX_MEMORY_SIZE as well."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    settings.API_MAX_BODY_BYTES = 8192
+    with http_client(platform_server, committed_personas.alice.key) as alice:
+        ok = alice.post("/v1/embeddings", json={"model": "local-small", "input": "x " * 1500})
+        assert ok.status_code == 200, ok.text
+        big = alice.post("/v1/embeddings", json={"model": "local-small", "input": "x " * 5000})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
 # --- caps on open streams
 
 
