@@ -15,6 +15,7 @@ The entry id is the SSE event id, so a listener resumes exactly where it left of
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 from apps.core.redis import redis_client
 from apps.tenants.db import current_schema
@@ -42,12 +44,35 @@ def _encode(event: dict[str, Any]) -> dict[str, str]:
     return {"d": json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
 
 
+# KEYS: the job's stream, then (optional) its cancel flag. ARGV: MAXLEN, the TTL to
+# set, then the encoded events. Appends nothing once the flag is set: a cancelled
+# job's stream ended at the cancel's closing event.
+_APPEND = """
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+
+@functools.cache
+def _append_script() -> Script:
+    return _redis().register_script(_APPEND)
+
+
 class EventRelay:
     """Worker side: buffers deltas and appends them at most once per coalescing
-    window. Not shared between jobs; called from the thread running the job."""
+    window. Not shared between jobs; called from the thread running the job.
 
-    def __init__(self, *, job_id: uuid.UUID, schema: str | None = None) -> None:
+    Every write is one script that appends and sets the stream's expiry. With
+    `cancel_flag` (the worker's relay: see apps/jobs/stops.py) it first checks the
+    job's cancel flag, so nothing lands after a cancel's closing event."""
+
+    def __init__(self, *, job_id: uuid.UUID, schema: str | None = None, cancel_flag: str | None = None) -> None:
         self.key = stream_key(schema=schema or current_schema(), job_id=job_id)
+        self.keys = [self.key, cancel_flag] if cancel_flag else [self.key]
         self.window = settings.JOB_STREAM_COALESCE_MS / 1000
         self.maxlen = settings.JOB_STREAM_MAXLEN
         self.buffer: list[str] = []
@@ -73,17 +98,13 @@ class EventRelay:
     def final(self, *events: dict[str, Any]) -> None:
         """Flush, append the closing events and start the stream's expiry clock."""
         self.flush()
-        pipe = _redis().pipeline(transaction=False)
-        for event in events:
-            pipe.xadd(self.key, _encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        pipe.expire(self.key, settings.JOB_STREAM_TTL_SECONDS)
-        pipe.execute()
+        self._write(settings.JOB_STREAM_TTL_SECONDS, events)
 
     def _append(self, event: dict[str, Any]) -> None:
-        pipe = _redis().pipeline(transaction=False)
-        pipe.xadd(self.key, _encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        pipe.expire(self.key, live_ttl_seconds())
-        pipe.execute()
+        self._write(live_ttl_seconds(), (event,))
+
+    def _write(self, ttl: int, events: tuple[dict[str, Any], ...]) -> None:
+        _append_script()(keys=self.keys, args=[self.maxlen, ttl, *(_encode(event)["d"] for event in events)])
 
 
 def live_ttl_seconds() -> int:

@@ -58,7 +58,7 @@ from .events import EventRelay, job_events_close
 from .fallbacks import SEMANTIC_CACHE, fallbacks_for
 from .models import Job, JobStatus
 from .selectors import job_get
-from .stops import GuardedRelay, cancel_flag_set, cancel_key, watching
+from .stops import cancel_flag_set, cancel_key, watching
 from .webhooks import webhook_schedule, webhook_url_check
 
 logger = logging.getLogger(__name__)
@@ -562,7 +562,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         )
     # A cancel (job_cancel's flag) or the deadline stops the running call.
     watch = CallWatch(key=cancel_key(schema=schema, job_id=job.pk), deadline=deadline.timestamp())
-    relay = GuardedRelay(job_id=job.pk, flag=watch.key)
+    relay = EventRelay(job_id=job.pk, cancel_flag=watch.key)
     release_connection()  # the provider calls may take minutes; the pool should not wait
     try:
         with watching(watch):

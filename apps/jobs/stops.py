@@ -5,9 +5,10 @@ the job's stream. Each worker process runs one watcher (a thread; a greenlet
 under gevent) that, every JOB_STOP_CHECK_SECONDS, asks Redis about the flags of
 all the calls it runs in one round trip and stops the cancelled ones (their
 `CallWatch`, which closes the response: a silent provider does not keep the call
-waiting); the stream loop itself stops at the job's deadline. The relay's writes
-check the same flag in the same script as the append, so once a cancel closed the
-stream nothing more is appended after its closing event.
+waiting); the stream loop itself stops at the job's deadline. The worker's relay
+(`EventRelay(cancel_flag=...)`) checks the same flag in the same script as each
+append, so once a cancel closed the stream nothing more is appended after its
+closing event.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import redis
 from django.conf import settings
-from redis.commands.core import Script
 
 from apps.core.redis import redis_client
 from apps.llm.providers import CallWatch
-
-from .events import EventRelay, _encode, live_ttl_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -99,43 +96,3 @@ def watching(watch: CallWatch) -> Iterator[CallWatch]:
         yield watch
     finally:
         _watcher.remove(watch)
-
-
-# KEYS: the job's stream, its cancel flag. ARGV: MAXLEN, the TTL to set, then the
-# encoded events.
-# Appends nothing once the job was cancelled (its stream ended at the cancel).
-_GUARDED_APPEND = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 3, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', ARGV[i])
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
-"""
-
-_script: Script | None = None
-
-
-class GuardedRelay(EventRelay):
-    """The worker's relay for a job that may be cancelled while it runs: each write
-    is one script that first checks the job's cancel flag, so nothing lands after
-    the cancel's closing event. Like every relay's, each write refreshes the
-    stream's expiry (events.live_ttl_seconds)."""
-
-    def __init__(self, *, job_id: uuid.UUID, flag: str, schema: str | None = None) -> None:
-        super().__init__(job_id=job_id, schema=schema)
-        self.flag = flag
-        self.running_ttl = live_ttl_seconds()
-
-    def _run(self, ttl: int, events: tuple[dict[str, Any], ...]) -> None:
-        global _script
-        if _script is None:
-            _script = redis_client().register_script(_GUARDED_APPEND)
-        _script(keys=[self.key, self.flag], args=[self.maxlen, ttl, *(_encode(e)["d"] for e in events)])
-
-    def _append(self, event: dict[str, Any]) -> None:
-        self._run(self.running_ttl, (event,))
-
-    def final(self, *events: dict[str, Any]) -> None:
-        self.flush()
-        self._run(settings.JOB_STREAM_TTL_SECONDS, events)
