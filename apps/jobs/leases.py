@@ -104,13 +104,17 @@ class StreamLease:
     def keys(self) -> list[str]:
         return lease_keys(tenant_schema=self.tenant_schema, key_id=self.key_id)
 
-    async def tick(self) -> None:
-        """Called on each event and heartbeat: every SSE_HEARTBEAT_SECONDS, renew
-        the lease and re-read the key (one thread hop). Raises KeyRevoked."""
+    def due(self) -> bool:
+        """Whether a renewal is due (every SSE_HEARTBEAT_SECONDS); marks it done."""
         if time.monotonic() - self.checked < settings.SSE_HEARTBEAT_SECONDS:
-            return
+            return False
         self.checked = time.monotonic()
-        if not await in_thread(self.refresh):
+        return True
+
+    async def tick(self) -> None:
+        """Called on each event: when due, renew the lease and re-read the key (one
+        thread hop). Raises KeyRevoked."""
+        if self.due() and not await in_thread(self.refresh):
             raise KeyRevoked("The API key was revoked.")
 
     def refresh(self) -> bool:
