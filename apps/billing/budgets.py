@@ -8,7 +8,9 @@ own, or their tier's default) and the tenant's day and month. One Lua script
 checks `spent + reserved + amount <= limit` on all of them and, only if every one
 passes, adds the amount to each one's `reserved`: atomic, so two hundred requests
 racing for the last cent admit exactly as many as fit. Settlement replaces the
-reservation with the actual cost; a failed or cancelled job releases it.
+reservation with the actual cost (a running job that is cancelled or stopped is
+charged what its call used); a failed job, or one cancelled before it ran,
+releases it.
 
 Three refusals, told apart by the script: the budget is used up (its *settled*
 spend reached the limit: the hard limit, which switches the user or tenant off
