@@ -149,6 +149,10 @@ def platform(
         LOG_LEVEL="WARNING",
         CELERY_LOG_LEVEL="WARNING",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        # The load comes from one key: the caps on its open streams (50 by default)
+        # would measure refusals, not delivery.
+        STREAMS_PER_KEY="100000",
+        STREAMS_PER_TENANT="100000",
     )
     env.update(extra_env or {})
     plat = Platform(env=env, web_port=free_port(), upstream_port=free_port())
