@@ -241,6 +241,23 @@ def test_cancelling_a_running_job_stops_the_call_and_charges_what_it_used(
     assert len(streamed.split()) < 400
 
 
+def _past_its_deadline(persona: Persona, upstream: Any, model: str) -> dict[str, Any]:
+    """A job on `model` with a 1-s deadline and a long, slow answer: it ends
+    `failed` with `timeout`; the job as the API shows it."""
+    LLMModel.objects.filter(slug=model).update(job_timeout_seconds=1)
+    catalog_cache_clear()
+    upstream.configure(reply=LONG_REPLY, chunk_delay_ms=50)
+    try:
+        client = persona.client()
+        body = {"model": model, "messages": MESSAGES, "max_tokens": 400}
+        job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
+    finally:
+        LLMModel.objects.filter(slug=model).update(job_timeout_seconds=None)
+        catalog_cache_clear()
+    assert job["status"] == "failed" and job["error"]["type"] == "timeout"
+    return job
+
+
 def test_a_job_past_its_models_deadline_is_stopped_charged_and_failed_once(
     worker, committed_personas: Personas, upstream
 ):
@@ -250,17 +267,7 @@ def test_a_job_past_its_models_deadline_is_stopped_charged_and_failed_once(
     alice = committed_personas.alice
     with tenant_context(alice.tenant):
         UserBudget.objects.create(user_id=alice.user_id, period="day", limit_usd=Decimal("10"))
-    LLMModel.objects.filter(slug="local-small").update(job_timeout_seconds=1)
-    catalog_cache_clear()
-    upstream.configure(reply=LONG_REPLY, chunk_delay_ms=50)
-    try:
-        client = alice.client()
-        body = {"model": "local-small", "messages": MESSAGES, "max_tokens": 400}
-        job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
-    finally:
-        LLMModel.objects.filter(slug="local-small").update(job_timeout_seconds=None)
-        catalog_cache_clear()
-    assert job["status"] == "failed" and job["error"]["type"] == "timeout"
+    job = _past_its_deadline(alice, upstream, "local-small")
     assert job["attempts"][0]["outcome"] == "stopped"
     with tenant_context(alice.tenant):
         entries = list(LedgerEntry.objects.filter(job_id=job["id"]))
@@ -545,15 +552,7 @@ def test_the_models_deadline_holds_on_the_gevent_worker(
     """Where the soft time limit does nothing: the job's own deadline (the catalog's,
     per model) still stops the call; charged, failed `timeout`, claimed once."""
     alice = committed_personas.alice
-    LLMModel.objects.filter(slug="pool-probe").update(job_timeout_seconds=1)
-    upstream.configure(reply=LONG_REPLY, chunk_delay_ms=50)
-    try:
-        client = alice.client()
-        body = {"model": "pool-probe", "messages": MESSAGES, "max_tokens": 400}
-        job = job_until_final(client, client.post("/api/v1/jobs", body, format="json").json()["id"])
-    finally:
-        LLMModel.objects.filter(slug="pool-probe").update(job_timeout_seconds=None)
-    assert job["status"] == "failed" and job["error"]["type"] == "timeout"
+    job = _past_its_deadline(alice, upstream, "pool-probe")
     with tenant_context(alice.tenant):
         entries = list(LedgerEntry.objects.filter(job_id=job["id"]))
         assert Job.objects.get(pk=job["id"]).attempts == 1
