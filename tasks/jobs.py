@@ -10,7 +10,9 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
-from apps.jobs.services import job_execute, job_fail_unexpectedly, jobs_requeue_stale
+from apps.jobs.execute import job_execute
+from apps.jobs.lifecycle import job_fail_unexpectedly
+from apps.jobs.sweep import jobs_requeue_stale
 from apps.observability.context import annotate_span
 from apps.observability.metrics import jobs_in_flight
 

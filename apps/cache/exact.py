@@ -206,3 +206,16 @@ def flight_land(*, schema: str, key: str, job_id: uuid.UUID) -> list[uuid.UUID]:
         logger.warning("single flight could not land; followers wait for the sweeper: %s", exc)
         return []
     return [uuid.UUID(f.decode()) for f in followers]
+
+
+def flight_waiting(*, schema: str, key: str, job_id: uuid.UUID) -> bool:
+    """Whether the job still follows the flight for `key`: False once its leader
+    has landed it (and taken its followers) or it never followed. A follower that
+    joined before its row was committed asks this after the commit: its leader may
+    have landed in between without finding the row, and it then runs on its own.
+    (Redis unavailable: False, the job runs on its own.)"""
+    try:
+        return bool(redis_client().sismember(_followers_key(schema, key), str(job_id)))
+    except redis.RedisError as exc:
+        logger.warning("single flight unavailable, the job runs on its own: %s", exc)
+        return False

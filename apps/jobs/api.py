@@ -16,10 +16,11 @@ from apps.accounts.selectors import Principal
 from apps.core.errors import InvalidRequest, NotFound
 from apps.ratelimit.limits import ratelimit_headers
 
+from .lifecycle import job_cancel
 from .models import Job, JobStatus, WebhookDelivery
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer
-from .services import job_cancel, job_submit
+from .submit import job_submit
 
 
 def job_representation(

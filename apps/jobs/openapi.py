@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .openai_api import MAX_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_INPUTS, MAX_TOKEN_ID
+from .v1.embeddings import MAX_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_INPUTS, MAX_TOKEN_ID
 
 _ERROR = {
     "type": "object",

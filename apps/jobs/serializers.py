@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
 from rest_framework import serializers
 
-from .services import JobRequest
+from .submit import JobRequest
 
 # Passed through to the provider as they are.
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop")

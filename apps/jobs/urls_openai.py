@@ -1,6 +1,8 @@
 from django.urls import path
 
-from .openai_api import ModelDetailApi, ModelListApi, chat_completions, embeddings
+from .v1.catalog import ModelDetailApi, ModelListApi
+from .v1.chat import chat_completions
+from .v1.embeddings import embeddings
 
 urlpatterns = [
     path("chat/completions", chat_completions, name="v1-chat-completions"),

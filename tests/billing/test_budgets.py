@@ -21,8 +21,9 @@ from apps.billing.money import cost_micros, format_usd
 from apps.billing.services import chain_fit, ledger_cached, ledger_record, worst_case_cost
 from apps.catalog.selectors import model_get
 from apps.controls.models import SpendRollup, TenantBudget
+from apps.jobs.enqueue import job_enqueue
+from apps.jobs.execute import job_execute
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import job_enqueue, job_execute
 from apps.llm.tokens import count_message_tokens
 from tests.support import Persona, Personas, http_client, job_until_final, wait_for
 

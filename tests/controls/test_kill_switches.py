@@ -16,8 +16,8 @@ from django_tenants.utils import schema_context, tenant_context
 
 from apps.controls.models import KillSwitch, KillSwitchEvent, SwitchLevel
 from apps.controls.switches import switch_set
+from apps.jobs.execute import job_execute
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import job_execute
 from apps.tenants.services import public_tenant_ensure
 from tests.support import Personas, job_until_final
 

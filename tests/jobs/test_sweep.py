@@ -7,8 +7,9 @@ from datetime import timedelta
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
+from apps.jobs.execute import MAX_CLAIMS, job_claim
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import MAX_CLAIMS, job_claim, jobs_requeue_stale
+from apps.jobs.sweep import jobs_requeue_stale
 from tasks.jobs import jobs_requeue_stale_all
 from tests.support import Personas, job_until_final
 

@@ -8,8 +8,9 @@ import redis
 from django.conf import settings
 from django_tenants.utils import tenant_context
 
+from apps.jobs.enqueue import job_enqueue
+from apps.jobs.execute import job_execute
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import job_enqueue, job_execute
 from tests.support import Personas, job_until_final, wait_for
 
 

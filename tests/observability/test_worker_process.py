@@ -21,8 +21,8 @@ import pytest
 from django_tenants.utils import tenant_context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from apps.jobs.enqueue import job_enqueue
 from apps.jobs.models import Job
-from apps.jobs.services import job_enqueue
 from devtools.serve import ThreadedUvicorn
 from tests.conftest import SPANS
 from tests.support import (

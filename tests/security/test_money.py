@@ -33,8 +33,9 @@ from apps.catalog.models import LLMModel
 from apps.catalog.selectors import catalog_cache_clear, model_get
 from apps.controls.models import KillSwitch, KillSwitchEvent, SwitchLevel, TenantBudget
 from apps.jobs.events import stream_key
+from apps.jobs.execute import job_execute
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import job_execute, jobs_requeue_stale
+from apps.jobs.sweep import jobs_requeue_stale
 from apps.llm.tokens import count_message_tokens
 from tests.billing import conftest as billing
 from tests.billing.conftest import LONG_REPLY, chat_bodies
@@ -563,7 +564,8 @@ def test_a_cancel_and_the_worker_settling_the_same_job_give_its_tokens_back_once
     """A cancel that races the worker: both settle the job's rate-limit tokens (the
     cancel as for a queued job, the worker after its call). The tokens come back
     once. Two jobs drain the bucket, so a second refund would show below the cap."""
-    from apps.jobs.services import _reconcile_rate_limits, job_cancel
+    from apps.jobs.lifecycle import job_cancel
+    from apps.jobs.settlement import job_tokens_settle as _reconcile_rate_limits
     from apps.ratelimit.models import UserRateLimit
 
     alice = committed_personas.alice
@@ -600,7 +602,7 @@ def test_a_succeeded_job_failed_by_a_later_step_keeps_its_hold_for_the_sweep(com
     the settlement not landed) must not give the hold back at 0: the sweep settles
     it from the job's recorded cost."""
     from apps.billing.budgets import reservations_sweep
-    from apps.jobs.services import job_fail_unexpectedly
+    from apps.jobs.lifecycle import job_fail_unexpectedly
 
     alice = committed_personas.alice
     with tenant_context(alice.tenant):

@@ -1,7 +1,7 @@
-"""The OpenAI-compatible API under /v1, for clients that speak OpenAI's protocol
-(the official SDKs with only `base_url` and the key changed).
+"""`POST /v1/chat/completions`, for clients that speak OpenAI's protocol (the
+official SDKs with only `base_url` and the key changed).
 
-`POST /v1/chat/completions` is the same job pipeline as /api/v1/jobs: it creates
+It is the same job pipeline as /api/v1/jobs: it creates
 a job (a worker makes the call) and then follows the job's event stream, either
 relaying it as `chat.completion.chunk` events or waiting for `done` and answering
 one `chat.completion`. The job id is in the `x-aip-job-id` header, so the async
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,46 +22,31 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
-from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from apps.accounts.authentication import InvalidKey, principal_from_header
+from apps.accounts.authentication import InvalidKey
 from apps.accounts.selectors import Principal
-from apps.billing.budgets import budget_release, budget_reserve, budget_settle
-from apps.billing.models import LedgerKind
-from apps.billing.services import call_cost, ledger_record
-from apps.catalog.selectors import ModelSpec, model_get, models_enabled
-from apps.controls.switches import switch_check
-from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body, validation_error_body
-from apps.core.jsonbody import json_loads
+from apps.core.errors import ApiError, InvalidRequest, api_error_body, error_body, validation_error_body
 from apps.core.threads import in_thread
-from apps.llm.providers import ProviderError, embeddings_create
-from apps.llm.tokens import count_text_tokens
-from apps.observability import metrics
-from apps.observability.genai import provider_call
-from apps.ratelimit.buckets import Bucket
 from apps.ratelimit.limits import (
-    buckets_for,
-    ratelimit_admit,
     ratelimit_headers,
-    ratelimit_reconcile,
-    ratelimit_refund,
 )
-from apps.tenants.db import current_schema, release_connection, tenant_connection
+from apps.tenants.db import current_schema, release_connection
 from apps.tenants.middleware import activate_key_tenant
 
-from .leases import KeyRevoked, StreamLease, lease_acquire, release_on_close
-from .models import Job, JobStatus
-from .serializers import JobCreateSerializer
-from .services import JobRequest, Submission, job_submit
-from .sse import HEARTBEAT, job_event_stream, load_job
-
-JOB_ID_HEADER = "x-aip-job-id"
-
-
-def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JsonResponse:
-    return JsonResponse(body, status=status, headers=headers)
+from ..leases import KeyRevoked, StreamLease, lease_acquire, release_on_close
+from ..models import Job, JobStatus
+from ..serializers import JobCreateSerializer
+from ..sse import HEARTBEAT, job_event_stream, load_job
+from ..submit import JobRequest, Submission, job_submit
+from .common import (
+    JOB_ID_HEADER,
+    as_openai_error,
+    authenticated_body,
+    invalid_key_response,
+    json_error,
+    method_not_allowed,
+    provider_failure_status,
+)
 
 
 def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
@@ -97,22 +81,6 @@ def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
     return request, stream, include_usage
 
 
-def _authenticated_body(header: str, raw_body: bytes) -> tuple[Principal, Any]:
-    """The caller and the parsed JSON body; raises InvalidKey or InvalidRequest."""
-    principal = principal_from_header(header)
-    if principal is None:
-        raise InvalidKey("You didn't provide an API key: send 'Authorization: Bearer aip_...'.")
-    return principal, json_loads(raw_body or b"null")
-
-
-def _provider_failure_status(*, provider_status: int | None, error_type: str) -> tuple[int, str]:
-    """(HTTP status, OpenAI error type) for a provider failure: the provider's rate
-    limit stays a 429, a timeout is a 504, anything else a 502."""
-    if provider_status == 429:
-        return 429, "rate_limit_error"
-    return (504 if error_type == "provider_timeout" else 502), "server_error"
-
-
 @dataclass(frozen=True)
 class _Submitted:
     schema: str
@@ -140,28 +108,22 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
     activate_key_tenant(header)
     try:
         try:
-            principal, body = _authenticated_body(header, raw_body)
+            principal, body = authenticated_body(header, raw_body)
         except InvalidKey as exc:
-            body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
-            return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+            return invalid_key_response(exc)
         except ApiError as exc:
-            return _json_error(exc.status_code, api_error_body(exc), exc.headers)
+            return json_error(exc.status_code, api_error_body(exc), exc.headers)
         try:
             request, stream, include_usage = _chat_request(body)
             lease, submission = _submit_with_slot(principal, request)
         except ApiError as exc:
             if exc.code == "model_not_found":
                 exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
-            elif exc.code == "budget_exceeded":
-                # What OpenAI answers when credit runs out (the SDK raises RateLimitError).
-                exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
-            elif exc.code == "budget_busy":
-                # Holds in flight, not spend: a short 429 with Retry-After (SDKs retry it).
-                exc.status_code = 429
+            as_openai_error(exc)
             headers = exc.headers if "Retry-After" in exc.headers else {**ratelimit_headers(principal), **exc.headers}
-            return _json_error(exc.status_code, api_error_body(exc), headers)
+            return json_error(exc.status_code, api_error_body(exc), headers)
         except exceptions.ValidationError as exc:
-            return _json_error(400, validation_error_body(exc), ratelimit_headers(principal))
+            return json_error(400, validation_error_body(exc), ratelimit_headers(principal))
         limits = submission.limits.headers() if submission.limits is not None else ratelimit_headers(principal)
         return _Submitted(current_schema(), submission.job, stream, include_usage, limits, lease)
     finally:
@@ -184,16 +146,14 @@ def _failure(job: Job) -> tuple[int, dict[str, Any]]:
         return 409, error_body(
             error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled."
         )
-    status, error_type = _provider_failure_status(provider_status=job.error_status, error_type=job.error_type)
+    status, error_type = provider_failure_status(provider_status=job.error_status, error_type=job.error_type)
     return status, error_body(error_type=error_type, code=job.error_type, message=job.error_message)
 
 
 @csrf_exempt  # an API authenticated by bearer key, not a browser form
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     if request.method != "POST":
-        return _json_error(
-            405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
-        )
+        return method_not_allowed()
     # read(), not .body: the edge (aiplatform.asgi.BodyLimit) already held the body to
     # API_MAX_BODY_BYTES, and .body would hold it to DATA_UPLOAD_MAX_MEMORY_SIZE too.
     submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.read())
@@ -219,15 +179,15 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return answer
     pieces, usage, final = answer
     if final["type"] == "error":
-        status, error_type = _provider_failure_status(
+        status, error_type = provider_failure_status(
             provider_status=final.get("provider_status"), error_type=final["error_type"]
         )
-        return _json_error(
+        return json_error(
             status, error_body(error_type=error_type, code=final["error_type"], message=final["message"]), headers
         )
     if final["status"] != JobStatus.SUCCEEDED:
         status, body = _failure(await in_thread(load_job, schema, job.pk))
-        return _json_error(status, body, headers)
+        return json_error(status, body, headers)
     if usage is None:  # served from Postgres (the stream had expired): no usage event
         usage = _usage(await in_thread(load_job, schema, job.pk))
     completion = {
@@ -276,17 +236,16 @@ async def _wait_for_answer(
         try:
             return collect.result()
         except KeyRevoked as exc:
-            body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
-            return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
+            return invalid_key_response(exc)
     if gone is not None and gone.is_set():
         body = error_body(error_type="invalid_request_error", code="client_gone", message="The client disconnected.")
-        return _json_error(CLIENT_GONE_STATUS, body)
+        return json_error(CLIENT_GONE_STATUS, body)
     body = error_body(
         error_type="server_error",
         code="timeout",
         message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; poll GET /api/v1/jobs/{job.pk}.",
     )
-    return _json_error(504, body)
+    return json_error(504, body)
 
 
 async def _collect(
@@ -385,193 +344,3 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
         else:  # error, or done with status cancelled
             _, body = _failure(await in_thread(load_job, schema, job.pk))
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-
-@dataclass(frozen=True)
-class EmbeddingsCall:
-    spec: ModelSpec
-    body: dict[str, Any]
-    principal: Principal
-    call_id: uuid.UUID  # the budget hold's id (there is no job)
-    input_tokens: int
-    buckets: tuple[Bucket, ...]  # the rate-limit buckets it took `input_tokens` from (empty: none)
-    headers: dict[str, str]  # the rate-limit headers
-
-
-def _embeddings_admit(header: str, raw_body: bytes) -> EmbeddingsCall:
-    """Authenticate, validate, check the switches and hold the input's cost on the
-    caller's budgets (in a thread: Postgres and Redis)."""
-    activate_key_tenant(header)
-    try:
-        principal, body = _authenticated_body(header, raw_body)
-        spec, body = _embeddings_spec(body)
-        switch_check(tenant_schema=principal.tenant_schema, user_id=principal.user_id, model=spec.slug)
-        input_tokens = _embedding_input_tokens(body["input"], spec.encoding)
-        call_id = uuid.uuid4()
-        buckets = buckets_for(
-            tenant_schema=principal.tenant_schema, user_id=principal.user_id, tier=principal.tier, spec=spec
-        )
-        limits = ratelimit_admit(buckets, input_tokens, fail_open=tenant_connection().tenant.ratelimit_fail_open)
-        taken = buckets if limits is not None else ()
-        cost = call_cost(spec, input_tokens=input_tokens, output_tokens=0)
-        try:
-            budget_reserve(principal=principal, job_id=call_id, amount_micros=cost)
-        except BaseException:
-            ratelimit_refund(taken, tokens=input_tokens)
-            raise
-        headers = limits.headers() if limits is not None else {}
-        return EmbeddingsCall(spec, body, principal, call_id, input_tokens, taken, headers)
-    finally:
-        release_connection()
-
-
-def _embedding_input_tokens(value: Any, encoding: str) -> int:
-    """Strings are counted with tiktoken; token arrays are their length."""
-    items = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
-    return sum(count_text_tokens(item, encoding) if isinstance(item, str) else len(item) for item in items)
-
-
-def _embeddings_settle(call: EmbeddingsCall, response: dict[str, Any] | None) -> None:
-    """Charge what the provider reports (or what we counted), and settle the hold;
-    release it when the call failed (`response` None)."""
-    schema = call.principal.tenant_schema
-    tenant_connection().set_schema(schema)
-    try:
-        if response is None:
-            budget_release(schema=schema, job_id=call.call_id)
-            ratelimit_reconcile(call.buckets, estimated=call.input_tokens, used=0)
-            return
-        usage = response.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens") or call.input_tokens)
-        ratelimit_reconcile(call.buckets, estimated=call.input_tokens, used=tokens)
-        cost = call_cost(call.spec, input_tokens=tokens, output_tokens=0)
-        metrics.record_cost(schema, call.spec.slug, cost)
-        ledger_record(
-            kind=LedgerKind.CHARGE,
-            user_id=call.principal.user_id,
-            model=call.spec.slug,
-            input_tokens=tokens,
-            cost=cost,
-            note="embeddings",
-        )
-        budget_settle(schema=schema, job_id=call.call_id, actual_micros=cost)
-    finally:
-        release_connection()
-
-
-MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of one request
-MAX_EMBEDDING_DIMENSIONS = 8192
-MAX_TOKEN_ID = 2**31 - 1  # every tokenizer's ids fit; anything larger is not a token
-
-
-def _is_token(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_TOKEN_ID  # not bool, which is an int
-
-
-def _embeddings_input_check(value: Any) -> None:
-    """OpenAI's four shapes, and no mixture of them: a string, a list of strings,
-    a list of token ids, a list of lists of token ids; nothing empty."""
-    message = (
-        "input must be a non-empty string, or a non-empty list of non-empty strings, of token ids, or of"
-        f" non-empty lists of token ids (at most {MAX_EMBEDDING_INPUTS} items)."
-    )
-    if isinstance(value, str) and value:
-        return
-    if not isinstance(value, list) or not value or len(value) > MAX_EMBEDDING_INPUTS:
-        raise InvalidRequest(message, param="input")
-    if all(isinstance(item, str) and item for item in value):
-        return
-    if all(_is_token(item) for item in value):
-        return
-    if all(isinstance(item, list) and item and all(_is_token(token) for token in item) for item in value):
-        return
-    raise InvalidRequest(message, param="input")
-
-
-def _embeddings_spec(body: Any) -> tuple[ModelSpec, dict[str, Any]]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
-    if unknown:
-        raise InvalidRequest(f"Unknown parameter '{unknown[0]}'.", code="unknown_parameter", param=unknown[0])
-    _embeddings_input_check(body.get("input"))
-    if body.get("encoding_format", "float") not in ("float", "base64"):
-        raise InvalidRequest("encoding_format must be float or base64.", param="encoding_format")
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (type(dimensions) is not int or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS):
-        raise InvalidRequest(f"dimensions must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}.", param="dimensions")
-    if body.get("user") is not None and not isinstance(body["user"], str):
-        raise InvalidRequest("user must be a string.", param="user")
-    if not isinstance(body.get("model"), str):
-        raise InvalidRequest("model must be a string naming a model.", param="model")
-    spec = model_get(body["model"])
-    if spec is None or not spec.enabled:
-        raise NotFound(
-            f"The model '{body.get('model')}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
-    return spec, body
-
-
-@csrf_exempt  # an API authenticated by bearer key, not a browser form
-async def embeddings(request: HttpRequest) -> HttpResponseBase:
-    """`POST /v1/embeddings`, passed through to the model's provider. Embeddings
-    are short and cannot stream, so this one call is awaited on the event loop
-    (no thread or worker waits on it) instead of going through a job."""
-    if request.method != "POST":
-        return _json_error(
-            405, error_body(error_type="invalid_request_error", code="method_not_allowed", message="Use POST.")
-        )
-    try:
-        call = await in_thread(_embeddings_admit, request.headers.get("Authorization", ""), request.read())
-    except InvalidKey as exc:
-        body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
-        return _json_error(401, body, {"WWW-Authenticate": 'Bearer realm="api"'})
-    except ApiError as exc:
-        if exc.code == "budget_exceeded":
-            exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
-        elif exc.code == "budget_busy":
-            exc.status_code = 429
-        return _json_error(exc.status_code, api_error_body(exc), exc.headers)
-    fields = {"tenant": call.principal.tenant_schema, "user": call.principal.user_id}
-    try:
-        with provider_call(call.spec, operation="embeddings", params=call.body, job=fields) as traced:
-            result = await embeddings_create(call.spec, body=call.body)
-            usage = result.get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or call.input_tokens)
-            traced.succeeded(
-                input_tokens=tokens,
-                response_model=call.spec.provider_model_name,
-                cost_micros=call_cost(call.spec, input_tokens=tokens, output_tokens=0),
-            )
-    except ProviderError as exc:
-        await in_thread(_embeddings_settle, call, None)
-        status, error_type = _provider_failure_status(provider_status=exc.status, error_type=exc.error_type)
-        return _json_error(
-            status, error_body(error_type=error_type, code=exc.error_type, message=exc.message), call.headers
-        )
-    await in_thread(_embeddings_settle, call, result)
-    return JsonResponse(result, headers=call.headers)
-
-
-class ModelListApi(APIView):
-    """`GET /v1/models`: the models this tenant may use."""
-
-    def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [_model(spec.slug) for spec in models_enabled()]})
-
-
-class ModelDetailApi(APIView):
-    def get(self, request: Request, model_id: str) -> Response:
-        if model_id not in {spec.slug for spec in models_enabled()}:
-            raise NotFound(
-                f"The model '{model_id}' does not exist or you do not have access to it.",
-                code="model_not_found",
-                param="model",
-            )
-        return Response(_model(model_id))
-
-
-def _model(slug: str) -> dict[str, Any]:
-    return {"id": slug, "object": "model", "created": 0, "owned_by": "aiplatform"}

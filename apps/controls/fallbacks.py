@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from apps.controls.models import FallbackPolicy
 from apps.core.errors import InvalidRequest
 from apps.core.ttlcache import TTLCache
+from apps.llm.chain import SEMANTIC_CACHE
 
-# The last step of a chain may be the tenant's semantic cache instead of a model.
-SEMANTIC_CACHE = "semantic_cache"
+from .models import FallbackPolicy
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""Settlement: what a job's end does to money and limits. The ledger gets one
+charge per call (exactly once: a unique constraint), the budget hold is settled
+at that cost (exactly once and order-free: a Redis marker), the rate-limit
+tokens taken at admission are reconciled with what was used (exactly once: a
+Redis marker), and budget alerts and switches follow the charge.
+
+Plain functions of the job row: a worker calls them, and so can any process
+(the web process's lane, a sweep) with no Celery task around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.billing.budgets import SETTLED_TTL_SECONDS, budget_after_charge, budget_hold_time, budget_settle
+from apps.billing.models import LedgerKind
+from apps.billing.services import call_cost, ledger_record
+from apps.catalog.selectors import ModelSpec
+from apps.core.redis import redis_client
+from apps.llm.providers import CallStopped, ChatResult
+from apps.llm.tokens import count_text_tokens
+from apps.observability import metrics
+from apps.ratelimit.limits import buckets_for, ratelimit_reconcile, ratelimit_refund
+from apps.tenants.db import current_schema
+
+from .models import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+def job_tokens_settle(*, job: Job, spec: ModelSpec, used: int | None) -> None:
+    """Settle what admission took from the rate-limit buckets: keep what the call
+    used (`used` tokens), or give everything back when it never ran (None)."""
+    if not job.ratelimit_tokens:
+        return  # nothing was taken (no limit applied, or the limiter failed open)
+    # Exactly once per job: a cancel racing the worker (or a redelivery) must not
+    # give the tokens back twice. The first to set the marker settles.
+    marker = f"aip:{{{current_schema()}}}:rlsettled:{job.pk}"
+    if not redis_client().set(marker, 1, nx=True, ex=SETTLED_TTL_SECONDS):
+        return
+    buckets = buckets_for(tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, spec=spec)
+    if used is None:
+        ratelimit_refund(buckets, tokens=job.ratelimit_tokens)
+    else:
+        ratelimit_reconcile(buckets, estimated=job.ratelimit_tokens, used=used)
+
+
+def job_hold_time(job: Job) -> datetime:
+    """When the job's budget hold was made: its charge is dated then (and so lands
+    in the period whose counters the hold was settled into)."""
+    if not job.reserved_micros:  # no budget applies: nothing was held, nothing to read
+        return job.created_at or timezone.now()
+    try:
+        at = budget_hold_time(schema=current_schema(), job_id=job.pk)
+    except redis.RedisError:
+        at = None
+    return at or job.created_at or timezone.now()
+
+
+def job_hold_settle(*, job_id: uuid.UUID, cost: int) -> None:
+    """Settle the job's hold at `cost`, retrying Redis errors for up to
+    BUDGET_SETTLE_RETRY_SECONDS: the charge is already in the ledger, and a hold
+    given back without it would hide the cost. Still failing: logged, and the
+    budget sweep settles the job from its recorded cost (settling is exactly once
+    and order-free, so a late settle still lands); the job's answer, events and
+    webhook go on, so nothing fails it afterwards and releases the hold at 0."""
+    schema = current_schema()
+    give_up = time.monotonic() + settings.BUDGET_SETTLE_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            budget_settle(schema=schema, job_id=job_id, actual_micros=cost)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > give_up:
+                # The hold's record is still there (Redis never took the settle): the
+                # budget sweep settles it from the job's recorded cost.
+                logger.error("job %s: settlement of %d micro-USD failed; the sweep will settle it", job_id, cost)
+                return
+            logger.warning("job %s: settlement failed (%s); retrying in %.2fs", job_id, exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+
+def job_answer_charge(
+    *, job: Job, spec: ModelSpec, step: int, result: ChatResult, requested: ModelSpec | None, held_at: datetime
+) -> bool:
+    """A model answered: the job succeeds (unless it was cancelled meanwhile) and
+    the call is charged (dated `held_at`, see job_hold_time), in one transaction,
+    then the hold is settled and the tokens reconciled. True when the job succeeded."""
+    cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    metrics.record_cost(current_schema(), spec.slug, cost)
+    with transaction.atomic():
+        # Guarded by status: a job cancelled while the provider answered stays cancelled.
+        succeeded = bool(
+            Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+                attempt_log=job.attempt_log,
+                answered_by=spec.slug,
+                tier=step + 1,
+                status=JobStatus.SUCCEEDED,
+                output=result.output,
+                finish_reason=result.finish_reason,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                usage_estimated=result.usage_estimated,
+                provider_latency_ms=result.latency_ms,
+                response_model=result.response_model,
+                response_id=result.response_id,
+                cost_micros=cost,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+            )
+        )
+        # Charged even when the job was cancelled while the provider answered: the
+        # call was made. One charge per call (a unique constraint).
+        ledger_record(
+            kind=LedgerKind.CHARGE,
+            user_id=job.user_id,
+            job_id=job.pk,
+            attempt=job.attempts,
+            call=step,
+            model=spec.slug,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cost=cost,
+            at=held_at,
+        )
+        if not succeeded:  # cancelled while the provider answered: the row shows what it cost
+            Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).update(
+                cost_micros=cost, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            )
+    # Its own accounting first, before anything that may fail (listeners, webhook):
+    # the charge is in the ledger, so the counters must get it (retried until they do).
+    job_hold_settle(job_id=job.pk, cost=cost)
+    job_tokens_settle(job=job, spec=requested or spec, used=result.input_tokens + result.output_tokens)
+    if succeeded:
+        logger.info(
+            "job %s succeeded: %s answered (tier %d), %d+%d tokens, %d micro-USD",
+            job.pk,
+            spec.slug,
+            step + 1,
+            result.input_tokens,
+            result.output_tokens,
+            cost,
+        )
+    return succeeded
+
+
+def job_stop_charge(*, job: Job, stop: CallStopped, requested: ModelSpec | None, held_at: datetime) -> None:
+    """A call stopped by a cancel or by the job's deadline: charge what it used (its
+    input once it was sent, the text it streamed), settle that into the budget
+    whatever happened to the hold, give the rate-limit tokens back once."""
+    step_spec = stop.spec or requested
+    used_in = used_out = cost = 0
+    if step_spec is not None and (stop.sent or stop.partial_output):
+        used_in = job.input_tokens_estimate or 0
+        used_out = count_text_tokens(stop.partial_output, step_spec.encoding)
+        cost = call_cost(step_spec, input_tokens=used_in, output_tokens=used_out)
+        ledger_record(
+            kind=LedgerKind.CHARGE,
+            user_id=job.user_id,
+            job_id=job.pk,
+            attempt=job.attempts,
+            call=stop.step,
+            model=step_spec.slug,
+            input_tokens=used_in,
+            output_tokens=used_out,
+            cost=cost,
+            note=f"stopped: {stop.reason} (counted)",
+            at=held_at,
+        )
+    Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.CANCELLED]).update(
+        cost_micros=cost, input_tokens=used_in, output_tokens=used_out, usage_estimated=True
+    )
+    metrics.record_cost(current_schema(), step_spec.slug if step_spec else job.model, cost)
+    job_hold_settle(job_id=job.pk, cost=cost)
+    if step_spec is not None:
+        job_tokens_settle(job=job, spec=requested or step_spec, used=used_in + used_out)
+    logger.info("job %s: call stopped (%s) after %d+%d tokens, %d micro-USD", job.pk, stop.reason, used_in,
+                used_out, cost)  # fmt: skip
+
+
+def job_partial_charge(*, job: Job, spec: ModelSpec, output: str, call: int = 0) -> None:
+    """A call that failed after the provider generated text: the provider bills
+    those tokens, so the ledger shows the charge, and the refund that gives it
+    back (the user got no answer). Both unique per attempt; the hold is released."""
+    input_tokens, output_tokens = job.input_tokens_estimate, count_text_tokens(output, spec.encoding)
+    cost = call_cost(spec, input_tokens=input_tokens, output_tokens=output_tokens)
+    common: dict[str, Any] = {
+        "user_id": job.user_id,
+        "job_id": job.pk,
+        "attempt": job.attempts,
+        "call": call,
+        "model": spec.slug,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+    }
+    with transaction.atomic():
+        ledger_record(kind=LedgerKind.CHARGE, cost=cost, note="partial stream (counted)", **common)
+        ledger_record(kind=LedgerKind.REFUND, cost=-cost, note="the call failed: no answer", **common)
+
+
+def job_after_charge(*, job: Job, at: datetime) -> None:
+    """The budget alerts and switches a charge may trip (the user's and tenant's)."""
+    budget_after_charge(
+        tenant_schema=current_schema(), user_id=job.user_id, tier=job.user.tier, email=job.user.email, at=at
+    )
