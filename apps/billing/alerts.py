@@ -11,7 +11,7 @@ from typing import Any
 from django.core.mail import send_mail
 
 from apps.core.redis import redis_client
-from apps.jobs.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
+from apps.core.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
 from apps.tenants.models import Tenant
 
 from .budgets import COUNTER_GRACE, Budget, Window
