@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any
 
+from apps.core.dispatch import task_send
 from apps.core.webhooks import (
     ERROR_NO_RESPONSE,
     WebhookFailed,
@@ -82,9 +83,7 @@ def webhook_schedule(*, job_id: uuid.UUID, webhook_url: str) -> None:
     """Queue the job's first delivery. The broker unreachable: logged, not raised,
     so a job's end (its cancel, its answer) never fails for its webhook's sake."""
     if webhook_url:
-        from tasks.webhooks import webhook_send
-
         try:
-            webhook_send.apply_async(kwargs={"job_id": str(job_id), "attempt": 1})
+            task_send("webhooks.send", kwargs={"job_id": str(job_id), "attempt": 1})
         except Exception:
             logger.exception("job %s: its webhook could not be queued (broker unreachable)", job_id)
