@@ -15,8 +15,8 @@ from apps.core.redis import redis_client
 from apps.core.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
 from apps.tenants.models import Tenant
 
-from .budgets import COUNTER_GRACE, Budget, Window
 from .money import format_usd
+from .windows import COUNTER_GRACE, Budget, Window
 
 logger = logging.getLogger(__name__)
 
