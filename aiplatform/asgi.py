@@ -48,12 +48,12 @@ django.setup(set_prefix=False)
 from django.conf import settings  # noqa: E402
 
 from apps.core.errors import error_body  # noqa: E402
+from apps.core.paths import API_PATH_PREFIXES  # noqa: E402
 from apps.core.threads import web_executor  # noqa: E402
 from apps.core.views import not_found, server_error  # noqa: E402
 from apps.llm.tokens import warm_up  # noqa: E402
 from apps.observability import context  # noqa: E402
 from apps.observability.tracing import name_server_span, traced_asgi  # noqa: E402
-from apps.tenants.middleware import API_PATH_PREFIXES  # noqa: E402
 
 Scope = dict[str, Any]
 logger = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import logging
 from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
-from apps.billing.budgets import reservations_sweep
 from apps.billing.periods import periods_close
+from apps.jobs.holds import holds_repair
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,6 @@ def budgets_sweep() -> None:
     """Beat, every 5 minutes: settle or release holds nothing else will."""
     for tenant in get_tenant_model().objects.exclude(schema_name="public"):
         with tenant_context(tenant):
-            result = reservations_sweep(schema=tenant.schema_name)
+            result = holds_repair(schema=tenant.schema_name)
         if result["settled"] or result["released"]:
             logger.warning("budget sweep %s: %s", tenant.schema_name, result)

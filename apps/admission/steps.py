@@ -17,9 +17,9 @@ from apps.catalog.selectors import model_get, models_enabled
 from apps.controls.fallbacks import fallbacks_for
 from apps.controls.switches import switch_check
 from apps.core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from apps.core.webhooks import webhook_url_check
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
-from apps.jobs.webhooks import webhook_url_check
 from apps.llm.content import content_admit
 from apps.llm.tokens import count_message_tokens
 from apps.observability import metrics

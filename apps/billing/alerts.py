@@ -10,12 +10,13 @@ from typing import Any
 
 from django.core.mail import send_mail
 
+from apps.core.dispatch import task_send
 from apps.core.redis import redis_client
-from apps.jobs.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
+from apps.core.webhooks import ERROR_NO_RESPONSE, WebhookFailed, WebhookRefused, webhook_headers, webhook_post
 from apps.tenants.models import Tenant
 
-from .budgets import COUNTER_GRACE, Budget, Window
 from .money import format_usd
+from .windows import COUNTER_GRACE, Budget, Window
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ def alert_once(
         "spent_usd": str(format_usd(spent)),
         "soft_percent": budget.soft_percent,
     }
-    from tasks.alerts import alert_send
-
-    alert_send.apply_async(kwargs={"payload": payload})
+    task_send("alerts.send", kwargs={"payload": payload})
     return True
 
 

@@ -34,40 +34,44 @@ Settlement is exactly once and order-free: the first settle or release gives the
 hold back and leaves a marker with what it added to `spent`; a later settle with a
 larger actual cost (a cancelled job's worker, after the sweep released its hold)
 adds only the difference, and a release after a settle changes nothing.
+
+What a budget and its period are, and the keys, live in windows.py; the two
+refusals in refusals.py; the alerts this module sends in alerts.py. The sweep that
+repairs holds nothing settled reads the job table, so it is the job app's
+(apps/jobs/holds.py), built on holds_list here.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 from redis.commands.core import Script
-from rest_framework import status
 
 from apps.accounts.selectors import Principal
 from apps.controls.models import Period, TenantBudget, TierBudget
-from apps.core.errors import ApiError
 from apps.core.redis import redis_client
 from apps.core.ttlcache import TTLCache
 from apps.observability import metrics
 
+from .alerts import alert_once
 from .models import LedgerEntry, LedgerKind, UserBudget
 from .money import format_usd, micros_from_usd
+from .refusals import BudgetBusy, BudgetExceeded
+from .windows import COUNTER_GRACE, Budget, Window, counter_key, period_window, reservation_key, settled_key
 
 RESERVATION_TTL_SECONDS = 2 * 24 * 3600
 # A settled job's marker (what it added to `spent`) only has to outlive the late
 # settles it guards against: a cancelled job's worker (seconds), the settlement
 # retries and the sweep (minutes).
 SETTLED_TTL_SECONDS = 6 * 3600
-COUNTER_GRACE = timedelta(days=2)  # counters outlive their period (late settlements land in it)
 SPEND_KINDS = (LedgerKind.CHARGE, LedgerKind.REFUND, LedgerKind.ADJUSTMENT)
 
 # KEYS: the budget counters, then the reservation record.
@@ -142,134 +146,6 @@ return 2
 def _script(source: str) -> Script:
     """A registered script (EVALSHA, loaded on first use), made once per process."""
     return redis_client().register_script(source)
-
-
-@dataclass(frozen=True)
-class Budget:
-    scope: str  # "user" or "tenant"
-    period: str  # Period value
-    limit_micros: int
-    soft_percent: int
-    source: str  # "user", "tier:<tier>" or "tenant": where the limit was set
-
-
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
-    ident: str  # d20261127, m202611
-
-
-def period_window(period: str, now: datetime | None = None) -> Window:
-    now = (now or timezone.now()).astimezone(UTC)
-    if period == Period.DAY:
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return Window(start, start + timedelta(days=1), start.strftime("d%Y%m%d"))
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return Window(start, end, start.strftime("m%Y%m"))
-
-
-def counter_key(*, schema: str, scope: str, user_id: int, window: Window) -> str:
-    who = "tenant" if scope == "tenant" else f"user:{user_id}"
-    return f"aip:{{{schema}}}:budget:{who}:{window.ident}"
-
-
-def reservation_key(*, schema: str, job_id: uuid.UUID | str) -> str:
-    return f"aip:{{{schema}}}:resv:{job_id}"
-
-
-def settled_key(*, schema: str, job_id: uuid.UUID | str) -> str:
-    return f"aip:{{{schema}}}:settled:{job_id}"
-
-
-def _resets(window: Window) -> str:
-    return window.end.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _whose(budget: Budget) -> str:
-    return "Your" if budget.scope == "user" else "Your organisation's"
-
-
-def _period_word(budget: Budget) -> str:
-    return "daily" if budget.period == Period.DAY else "monthly"
-
-
-class BudgetExceeded(ApiError):
-    """The budget cannot take this request: used up (its settled spend reached the
-    limit), or the request may cost more than is left. Amounts are shown only to
-    whom they concern: the user their own budget's, a tenant admin key the
-    tenant's; a plain user key learns only that the organisation's budget is the
-    reason."""
-
-    status_code = status.HTTP_402_PAYMENT_REQUIRED
-    code = "budget_exceeded"
-
-    def __init__(
-        self,
-        *,
-        budget: Budget,
-        window: Window,
-        spent: int,
-        reserved: int,
-        amount: int,
-        used_up: bool = True,
-        fits_max_tokens: int | None = None,
-        show_amounts: bool = True,
-    ) -> None:
-        whose, period, resets = _whose(budget), _period_word(budget), _resets(window)
-        if used_up:
-            amounts = f" of {format_usd(budget.limit_micros)}" if show_amounts else ""
-            message = f"{whose} {period} budget{amounts} is used up; it resets at {resets}."
-            param = None
-        else:
-            left = (
-                f" ({format_usd(budget.limit_micros - spent)} of {format_usd(budget.limit_micros)} left)"
-                if show_amounts
-                else ""
-            )
-            cost = f" up to {format_usd(amount)}," if show_amounts else ""
-            if fits_max_tokens:
-                fix, param = f" A max_tokens of {fits_max_tokens} or less would fit.", "max_tokens"
-            else:
-                fix, param = " Its input alone costs more than what is left.", "messages"
-            message = (
-                f"This request may cost{cost} more than what is left of {whose.lower()} {period} budget{left}.{fix}"
-                f" The budget resets at {resets}."
-            )
-        super().__init__(
-            message,
-            param=param,
-            headers={"Retry-After": str(max(1, int((window.end - timezone.now()).total_seconds())))},
-        )
-        self.budget = budget
-        self.window = window
-        self.used_up = used_up
-        self.fits_max_tokens = fits_max_tokens
-
-
-class BudgetBusy(ApiError):
-    """The budget has room, but holds of requests in flight take it: try again in a
-    few seconds (they settle at their actual cost, usually far below the hold).
-    Nothing is switched off."""
-
-    status_code = status.HTTP_402_PAYMENT_REQUIRED
-    code = "budget_busy"
-    error_type = "rate_limit_error"
-
-    def __init__(self, *, budget: Budget, spent: int, reserved: int, show_amounts: bool) -> None:
-        amounts = (
-            f" ({format_usd(spent)} spent and {format_usd(reserved)} held of {format_usd(budget.limit_micros)})"
-            if show_amounts
-            else ""
-        )
-        retry = settings.BUDGET_BUSY_RETRY_SECONDS
-        super().__init__(
-            f"{_whose(budget)} {_period_word(budget)} budget is held by requests in flight{amounts}."
-            f" Retry in {retry} seconds.",
-            headers={"Retry-After": str(retry)},
-        )
-        self.budget = budget
 
 
 _budget_cache: TTLCache[tuple[Budget, ...]] = TTLCache()
@@ -402,8 +278,6 @@ def _hard_limit_reached(
     from apps.controls.switches import switch_set
     from apps.tenants.models import Tenant
 
-    from .alerts import alert_once
-
     if not alert_once(
         schema=tenant_schema,
         budget=budget,
@@ -415,16 +289,16 @@ def _hard_limit_reached(
     ):
         return
     tenant = Tenant.objects.get(schema_name=tenant_schema)
-    period = _period_word(budget)
+    period = budget.period_word
     if budget.scope == "tenant":
         # Every user of the tenant reads this reason: no amounts.
-        reason = f"The organisation's {period} budget is used up (hard limit); it resets at {_resets(window)}."
+        reason = f"The organisation's {period} budget is used up (hard limit); it resets at {window.resets}."
         switch_set(level=SwitchLevel.TENANT, tenant=tenant, active=True, actor="system:budget",
                    reason=reason, automatic=True, period=window.ident)  # fmt: skip
     else:
         reason = (
             f"Your {period} budget of {format_usd(budget.limit_micros)} is used up ({format_usd(spent)} spent,"
-            f" hard limit); it resets at {_resets(window)}."
+            f" hard limit); it resets at {window.resets}."
         )
         switch_set(level=SwitchLevel.USER, tenant=tenant, user_id=user_id, user_email=email,
                    active=True, actor="system:budget", reason=reason, automatic=True,
@@ -435,8 +309,6 @@ def budget_after_charge(*, tenant_schema: str, user_id: int, tier: str, email: s
     """After a settlement (into the periods of `at`, the hold's time): alert once per
     period for each budget whose spend crossed its soft threshold, and reach the
     hard limit (switch off) for each whose settled spend reached its limit."""
-    from .alerts import alert_once
-
     budgets = budgets_for(tenant_schema=tenant_schema, user_id=user_id, tier=tier)
     if not budgets:
         return
@@ -497,40 +369,15 @@ def budget_hold_time(*, schema: str, job_id: uuid.UUID) -> datetime | None:
     return None
 
 
-def reservations_sweep(*, schema: str, stale_after_seconds: int = 600) -> dict[str, int]:
-    """Repair holds that nothing will settle, in one tenant (beat, every few
-    minutes): a job that ended without settling (its worker died, the sweeper
-    failed it) gets its charge, or nothing, settled; a hold whose job was never
-    stored (the web process died between the two) is released once it is older
-    than `stale_after_seconds`. Jobs still queued or running keep theirs."""
-    from apps.jobs.models import FINAL_STATUSES, Job, JobStatus
-
+def holds_list(*, schema: str) -> Iterator[tuple[uuid.UUID, datetime | None]]:
+    """Every hold of one tenant not settled yet: (job id, when it was made; None
+    when it went meanwhile). For the repair sweep (apps/jobs/holds.py), which
+    knows what became of each job: billing never reads the job table."""
     client = redis_client()
-    now = time.time()
-    settled = released = 0
-    for raw in client.scan_iter(match=f"aip:{{{schema}}}:resv:*", count=500):
+    for raw in client.scan_iter(match=reservation_key(schema=schema, job_id="*"), count=500):
         key = raw.decode() if isinstance(raw, bytes) else raw
-        job_id = key.rsplit(":", 1)[1]
-        job = Job.objects.filter(pk=job_id).values("status", "cost_micros", "started_at", "finished_at").first()
-        if job is None:
-            at = client.hget(key, "at")
-            if at is not None and now - float(at) > stale_after_seconds:
-                released += budget_release(schema=schema, job_id=uuid.UUID(job_id))
-        elif job["status"] in FINAL_STATUSES:
-            # A job cancelled while it ran is settled by its worker, which stops the
-            # call within a second or so and charges what it used; settling it here
-            # first would only free its room early. Its worker gone, it is settled
-            # later (and a late worker still adds its cost: settle is order-free).
-            finished = job["finished_at"]
-            if (
-                job["status"] == JobStatus.CANCELLED
-                and job["started_at"] is not None
-                and finished is not None
-                and finished.timestamp() > now - 60
-            ):
-                continue
-            settled += budget_settle(schema=schema, job_id=uuid.UUID(job_id), actual_micros=job["cost_micros"] or 0)
-    return {"settled": settled, "released": released}
+        at = client.hget(key, "at")
+        yield uuid.UUID(key.rsplit(":", 1)[1]), datetime.fromtimestamp(float(at), tz=UTC) if at else None
 
 
 def budget_release(*, schema: str, job_id: uuid.UUID) -> bool:

@@ -10,8 +10,8 @@ from django.utils import timezone
 from apps.controls.models import Period, SpendRollup
 from apps.controls.switches import switches_reset
 
-from .budgets import period_window
 from .money import format_usd
+from .windows import period_window
 
 
 def periods_close(

@@ -4,6 +4,7 @@ from django.db import models
 
 from apps.core.admin_sites import operator_site
 from apps.llm.breaker import breaker_state
+from tasks.queues import llm_queue
 
 from .models import LLMModel
 
@@ -28,6 +29,12 @@ class LLMModelAdmin(admin.ModelAdmin[LLMModel]):
     readonly_fields = ("queue", "created_at", "updated_at")
     # A base URL typed without a scheme means https (Django 6's default).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    @admin.display(description="queue")
+    def queue(self, row: LLMModel) -> str:
+        """The Celery queue the model's jobs go to (tasks/queues.py decides, not the
+        catalog: the admin is an adapter and may ask)."""
+        return llm_queue(row.slug)
 
     @admin.display(description="circuit breaker")
     def breaker(self, row: LLMModel) -> str:

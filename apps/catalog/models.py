@@ -118,11 +118,5 @@ class LLMModel(models.Model):
             )
 
     @property
-    def queue(self) -> str:
-        from tasks.queues import llm_queue
-
-        return llm_queue(self.slug)
-
-    @property
     def provider_model_name(self) -> str:
         return self.upstream_model or self.slug

@@ -2,11 +2,13 @@ from typing import Any
 
 from django.contrib import admin
 from django.db import transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from apps.billing.money import format_usd
 from apps.core.admin_sites import operator_site
 
+from .charts import spend_chart
 from .models import (
     CachePolicy,
     FallbackPolicy,
@@ -18,6 +20,15 @@ from .models import (
     TierBudget,
 )
 from .switches import switches_cache_clear
+
+
+def spend_view(request: HttpRequest) -> HttpResponse:
+    """The operator's daily spend chart (/admin/spend/), from the public rollup."""
+    context = {**operator_site.each_context(request), "chart": spend_chart(), "title": "Spend"}
+    return TemplateResponse(request, "admin/controls/spend.html", context)
+
+
+operator_site.page_register("spend/", spend_view, name="spend")
 
 
 @admin.register(TenantBudget, site=operator_site)

@@ -4,9 +4,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as default_server_error
 
-from apps.tenants.middleware import API_PATH_PREFIXES
-
 from .errors import error_body
+from .paths import API_PATH_PREFIXES
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -24,7 +24,7 @@ class TenantForm(forms.ModelForm[Tenant]):
 
     def _checked_url(self, field: str) -> str:
         from apps.core.errors import ApiError
-        from apps.jobs.webhooks import webhook_url_check
+        from apps.core.webhooks import webhook_url_check
 
         url: str = self.cleaned_data.get(field) or ""
         if url:

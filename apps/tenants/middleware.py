@@ -8,13 +8,12 @@ from django_tenants.middleware.main import TenantMainMiddleware
 from django_tenants.utils import get_public_schema_name
 
 from apps.accounts.keys import parse_bearer
+from apps.core.paths import API_PATH_PREFIXES
 
 from .db import tenant_connection
 from .models import Tenant
 from .selectors import tenant_for_key_prefix
 
-# Paths whose tenant comes from the API key rather than the Host header.
-API_PATH_PREFIXES = ("/api/v1/", "/v1/")
 # What a Host that is neither PUBLIC_DOMAIN nor a tenant's gets: the API only.
 API_URLCONF = "aiplatform.urls_api"
 

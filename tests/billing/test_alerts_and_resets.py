@@ -14,10 +14,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
-from apps.billing.budgets import period_window
 from apps.billing.models import UserBudget
 from apps.billing.periods import periods_close
 from apps.billing.services import worst_case_cost
+from apps.billing.windows import period_window
 from apps.catalog.selectors import model_get
 from apps.controls.models import KillSwitch, SwitchLevel
 from apps.controls.switches import switch_set

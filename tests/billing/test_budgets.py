@@ -15,10 +15,10 @@ from django.conf import settings
 from django.db.models import Sum
 from django_tenants.utils import tenant_context
 
-from apps.billing.budgets import counter_key, period_window, reservation_key
 from apps.billing.models import AppendOnly, LedgerEntry, LedgerKind, UserBudget
 from apps.billing.money import cost_micros, format_usd
 from apps.billing.services import chain_fit, ledger_cached, ledger_record, worst_case_cost
+from apps.billing.windows import counter_key, period_window, reservation_key
 from apps.catalog.selectors import model_get
 from apps.controls.models import SpendRollup, TenantBudget
 from apps.jobs.enqueue import job_enqueue
@@ -270,7 +270,8 @@ def test_a_call_that_breaks_mid_stream_is_charged_and_refunded(worker, committed
 
 def test_sweep_settles_ended_jobs_and_releases_orphaned_holds(committed_personas: Personas, platform):
     from apps.accounts.selectors import Principal
-    from apps.billing.budgets import budget_reserve, reservations_sweep
+    from apps.billing.budgets import budget_reserve
+    from apps.jobs.holds import holds_repair as reservations_sweep
 
     alice = committed_personas.alice
     _give_budget(alice, 100 * _worst_case())

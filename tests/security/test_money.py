@@ -25,10 +25,11 @@ from django_tenants.utils import tenant_context
 
 from apps.accounts.selectors import Principal
 from apps.accounts.services import api_key_create
-from apps.billing.budgets import budget_reserve, counter_key, period_window, reservation_key
+from apps.billing.budgets import budget_reserve
 from apps.billing.models import LedgerEntry, LedgerKind, UserBudget
 from apps.billing.money import cost_micros
 from apps.billing.services import ledger_record
+from apps.billing.windows import counter_key, period_window, reservation_key
 from apps.catalog.models import LLMModel
 from apps.catalog.selectors import catalog_cache_clear, model_get
 from apps.controls.models import KillSwitch, KillSwitchEvent, SwitchLevel, TenantBudget
@@ -222,7 +223,7 @@ def test_cancelling_a_running_job_stops_the_call_and_charges_what_it_used(
     job_id = client.post("/api/v1/jobs", body, format="json").json()["id"]
     wait_for(lambda: any(e["type"] == "delta" for e in _stream_events(alice, job_id)))
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
-    from apps.billing.budgets import reservations_sweep
+    from apps.jobs.holds import holds_repair as reservations_sweep
 
     with tenant_context(alice.tenant):
         reservations_sweep(schema=alice.tenant.schema_name)  # the beat may run at any moment
@@ -601,7 +602,7 @@ def test_a_succeeded_job_failed_by_a_later_step_keeps_its_hold_for_the_sweep(com
     """The task's last resort (a later step raised after the answer was stored, with
     the settlement not landed) must not give the hold back at 0: the sweep settles
     it from the job's recorded cost."""
-    from apps.billing.budgets import reservations_sweep
+    from apps.jobs.holds import holds_repair as reservations_sweep
     from apps.jobs.lifecycle import job_fail_unexpectedly
 
     alice = committed_personas.alice

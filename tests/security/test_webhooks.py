@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apps.jobs import webhooks
+from apps.core import webhooks
 from apps.tenants.models import Tenant
 from devtools.serve import ThreadedUvicorn
 from tests.support import Personas, Receiver, read_body, wait_for
