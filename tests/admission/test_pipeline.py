@@ -20,8 +20,8 @@ from apps.accounts.authentication import principal_from_header
 from apps.accounts.selectors import Principal
 from apps.admission.pipeline import Admission, Admitted, Step, admit
 from apps.admission.steps import BudgetHold, SingleFlight, TokenBuckets
-from apps.billing.budgets import counter_key, period_window
 from apps.billing.models import UserBudget
+from apps.billing.windows import counter_key, period_window
 from apps.cache.exact import CachedAnswer, cache_redis, exact_put
 from apps.cache.policy import cache_plan
 from apps.core.errors import ApiError, InvalidRequest
