@@ -13,6 +13,14 @@ API routes (answered with and without the ``/v1`` prefix):
                              ``max_tokens`` pieces (then finish_reason is
                              ``length``). completion_tokens = pieces emitted;
                              prompt_tokens = words in all messages + 3 per message.
+                             With ``tools`` and a user message last: tool calls
+                             (the tool ``tool_choice`` names, else those the user's
+                             text names, else the first), arguments an instance of
+                             each tool's schema, streamed as a head then
+                             8-character argument fragments; after tool results:
+                             ``"Tool results: " + their texts``. ``response_format``
+                             json_object: ``{"echo": <text>}``; json_schema: an
+                             instance of the schema (strings are the user's text).
   POST /v1/embeddings        deterministic unit vectors from a hash of the input
                              (1536 dims unless ``dimensions``): a fixed per-dimension
                              float32 basis with hash-chosen signs, so different
@@ -204,6 +212,122 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+ARGUMENT_FRAGMENT = 8  # characters per streamed tool-call arguments fragment
+
+
+def _instance(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
+    """A value that satisfies a JSON schema (the subset tools and structured
+    outputs use: types, properties, items, enum, const, anyOf/oneOf/allOf, $ref to
+    $defs), its strings filled with `text`: deterministic, so tests can expect it."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 12:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _instance(target, text, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            chosen = next((o for o in options if not (isinstance(o, dict) and o.get("type") == "null")), options[0])
+            return _instance(chosen, text, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: _instance(sub, text, root, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems") or 0))
+        if schema.get("maxItems") == 0:
+            count = 0
+        return [_instance(schema.get("items") or {}, text, root, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.5))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    formats = {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "email": "a@example.com"}
+    value = formats.get(schema.get("format", ""), text or "x")
+    return value.ljust(int(schema.get("minLength") or 0), "x")
+
+
+def _chosen_tools(tools: list[Any], tool_choice: Any, text: str, parallel: bool) -> list[dict[str, Any]]:
+    """The tools the fake model calls: the one `tool_choice` names; else every
+    tool whose name the user's message mentions (only the first unless parallel
+    calls are allowed); else the first tool."""
+    functions = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        return [t for t in functions if t["function"].get("name") == name][:1]
+    named = [t for t in functions if str(t["function"].get("name", "")) in text]
+    if not named:
+        return functions[:1]
+    return named if parallel else named[:1]
+
+
+def _tool_calls(body: dict[str, Any], messages: list[Any], last_user: str, cid: str) -> list[dict[str, Any]] | None:
+    """Tool calls for this request, or None when the model answers in text: a
+    request with tools whose last message is the user's (not a tool result), and
+    a tool_choice other than "none"."""
+    tools = body.get("tools")
+    last = messages[-1] if messages else None
+    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+        return None
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    chosen = _chosen_tools(tools, body.get("tool_choice"), last_user, body.get("parallel_tool_calls") is not False)
+    return [
+        {
+            "id": f"call_{cid[-12:]}{index}",
+            "type": "function",
+            "function": {
+                "name": tool["function"].get("name", ""),
+                "arguments": _dumps(_instance(tool["function"].get("parameters") or {}, last_user)),
+            },
+        }
+        for index, tool in enumerate(chosen)
+    ]
+
+
+def _tool_results(messages: list[Any]) -> str | None:
+    """The text answer to tool results: what the tools returned, after the last
+    assistant message (None when the last message is not a tool result)."""
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "tool":
+        return None
+    results: list[str] = []
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break
+        results.append(_text_of(message.get("content")))
+    return "Tool results: " + "; ".join(reversed(results))
+
+
+def _structured(body: dict[str, Any], last_user: str) -> str | None:
+    """A JSON answer for response_format json_object ({"echo": ...}) or
+    json_schema (an instance of the schema), else None."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return _dumps({"echo": last_user})
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        return _dumps(_instance(schema, last_user))
+    return None
 
 
 _LOW_BIT = bytes(i & 1 for i in range(256))
@@ -579,38 +703,44 @@ class UpstreamApp:
                 prompt_tokens += len(text.split())
                 if m.get("role") == "user":
                     last_user = text
-        reply = self.reply if self.reply is not None else "Echo: " + last_user
-        pieces = _WORD_RE.findall(reply)
-        finish = "stop"
+        cid = f"chatcmpl-{self._id_prefix}{next(self._ids):012d}"
+        tool_calls = _tool_calls(body, messages, last_user, cid)
+        reply = _tool_results(messages) or _structured(body, last_user)
+        if reply is None:
+            reply = self.reply if self.reply is not None else "Echo: " + last_user
+        pieces = [] if tool_calls else _WORD_RE.findall(reply)
+        finish = "tool_calls" if tool_calls else "stop"
         if limit is not None and len(pieces) > limit:
             pieces = pieces[:limit]
             finish = "length"
-        cid = f"chatcmpl-{self._id_prefix}{next(self._ids):012d}"
+        # Each tool call streams as its head (id, name), then its arguments in fragments.
+        fragments = [
+            (index, call["function"]["arguments"][at : at + ARGUMENT_FRAGMENT])
+            for index, call in enumerate(tool_calls or [])
+            for at in range(0, len(call["function"]["arguments"]), ARGUMENT_FRAGMENT)
+        ]
+        completion_tokens = len(pieces) + len(fragments)
         created = int(time.time())
         headers = [(b"x-request-id", ("req_" + cid[9:]).encode())]
         if not stream:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None if tool_calls else "".join(pieces),
+                "refusal": None,
+                "annotations": [],
+            }
+            if tool_calls:
+                message["tool_calls"] = tool_calls
             payload: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(pieces),
-                            "refusal": None,
-                            "annotations": [],
-                        },
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "system_fingerprint": FINGERPRINT,
             }
             if self.nonstream_usage:
-                payload["usage"] = _usage(prompt_tokens, len(pieces))
+                payload["usage"] = _usage(prompt_tokens, completion_tokens)
             out = _dumps(payload).encode()
             if fault is not None:  # cut_stream on a non-stream request: half a body, then close
                 await send(
@@ -646,8 +776,30 @@ class UpstreamApp:
         )
         mid = b',"logprobs":null,"finish_reason":'
         tail = b"}]" + (b',"usage":null' if send_usage else b"") + b"}\n\n"
-        first = head + b'{"role":"assistant","content":"","refusal":null}' + mid + b"null" + tail
+        first = (
+            head
+            + (
+                b'{"role":"assistant","content":null,"refusal":null}'
+                if tool_calls
+                else b'{"role":"assistant","content":"","refusal":null}'
+            )
+            + mid
+            + b"null"
+            + tail
+        )
         chunks = [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
+        for index, call in enumerate(tool_calls or []):
+            opening = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            chunks.append(head + b'{"tool_calls":[' + _dumps(opening).encode() + b"]}" + mid + b"null" + tail)
+            for fragment_index, fragment in fragments:
+                if fragment_index == index:
+                    delta = {"index": index, "function": {"arguments": fragment}}
+                    chunks.append(head + b'{"tool_calls":[' + _dumps(delta).encode() + b"]}" + mid + b"null" + tail)
         end = head + b"{}" + mid + b'"' + finish.encode() + b'"' + tail
         if send_usage:
             end += (
@@ -660,7 +812,7 @@ class UpstreamApp:
                         "model": model,
                         "system_fingerprint": FINGERPRINT,
                         "choices": [],
-                        "usage": _usage(prompt_tokens, len(pieces)),
+                        "usage": _usage(prompt_tokens, completion_tokens),
                     }
                 ).encode()
                 + b"\n\n"

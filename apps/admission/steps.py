@@ -21,7 +21,7 @@ from apps.core.webhooks import webhook_url_check
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
 from apps.llm.content import content_admit
-from apps.llm.tokens import count_message_tokens
+from apps.llm.tokens import count_message_tokens, count_schema_tokens
 from apps.observability import metrics
 from apps.ratelimit.buckets import Unit
 from apps.ratelimit.limits import buckets_for, ratelimit_admit, ratelimit_refund
@@ -89,8 +89,9 @@ class Switches(_Checks):
 
 
 class Size(_Checks):
-    """max_tokens and the context window; media parts the model can take (held
-    at a worst case: images, audio and files count as nothing to tiktoken)."""
+    """max_tokens and the context window, counting the messages, the tool
+    definitions and response schema, and media parts the model can take (held at a
+    worst case: images, audio and files count as nothing to tiktoken)."""
 
     def take(self, admission: Admission) -> None:
         spec = admission.model_spec
@@ -101,8 +102,10 @@ class Size(_Checks):
                 code="max_tokens_too_large",
                 param="max_tokens",
             )
-        input_tokens = count_message_tokens(admission.messages, spec.encoding) + content_admit(
-            spec=spec, messages=admission.messages
+        input_tokens = (
+            count_message_tokens(admission.messages, spec.encoding)
+            + count_schema_tokens(admission.params, spec.encoding)
+            + content_admit(spec=spec, messages=admission.messages)
         )
         needed = input_tokens + (max_tokens or 0)
         if needed > spec.context_window:

@@ -52,6 +52,7 @@ class CachedAnswer:
     usage_estimated: bool
     response_model: str
     created: str  # ISO 8601, when the answer was made
+    tool_calls: list[dict[str, Any]] | None = None  # a tool-call answer's calls, replayed as they were
 
 
 def _check(key: str) -> str:

@@ -172,6 +172,14 @@ def exact_hash(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def semantic_allowed(params: dict[str, Any]) -> bool:
+    """Whether a paraphrase's answer may answer this request: never when it calls
+    for tools or a structured answer (a text answer, or another request's tool
+    calls, is not what it asked for)."""
+    response_format = params.get("response_format") or {}
+    return not params.get("tools") and response_format.get("type", "text") == "text"
+
+
 def cache_plan(
     *,
     tenant_schema: str,
@@ -196,7 +204,7 @@ def cache_plan(
             param="cache.semantic",
         )
     # `only` answers at submission, where only the exact cache is asked.
-    semantic = (policy.semantic_enabled or asked_semantic) and mode is not CacheMode.ONLY
+    semantic = (policy.semantic_enabled or asked_semantic) and mode is not CacheMode.ONLY and semantic_allowed(params)
     lookup, write = mode is not CacheMode.REFRESH, mode is not CacheMode.ONLY
     cacheable = mode is not CacheMode.USE or option is not None or policy.cache_all_requests or deterministic(params)
     owner = policy.owner(user_id)

@@ -55,6 +55,7 @@ def job_representation(
         "requested_model": job.requested_model or job.model,
         "flags": job.flags,
         "output": job.output,
+        "tool_calls": job.tool_calls,
         "finish_reason": job.finish_reason,
         "usage": usage,
         "cached": job.cached or None,
@@ -114,6 +115,17 @@ class AttemptSchema(serializers.Serializer[Any]):
     retries = serializers.IntegerField()
 
 
+class FunctionCallSchema(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    arguments = serializers.CharField(help_text="JSON, as the model wrote it (not checked against the schema)")
+
+
+class ToolCallSchema(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionCallSchema()
+
+
 class JobLinksSchema(serializers.Serializer[Any]):
     self = serializers.URLField()
     events = serializers.URLField()
@@ -142,6 +154,7 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     requested_model = serializers.CharField(help_text="the model the request named")
     flags = serializers.DictField(child=serializers.CharField(), help_text='flags that decided: {key: "on" | "off"}')
     output = serializers.CharField()
+    tool_calls = ToolCallSchema(many=True, allow_null=True, help_text="the tool calls the model answered with")
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)
     cached = serializers.ChoiceField(

@@ -1,8 +1,10 @@
 """A job's event stream: the worker appends, any number of listeners read.
 
 One Redis Stream per job, `aip:<schema>:job:<id>` (tenant-scoped by key). Entries
-carry one JSON field `d`: `delta` (text), `usage`, `done` (final status, finish
-reason) or `error` (type, message). Deltas are coalesced: at most one entry per
+carry one JSON field `d`: `delta` (text), `tool_call` (a piece of a tool call:
+index, the id and name with its first piece, a fragment of its arguments),
+`fallback`, `usage`, `done` (final status, finish reason) or `error` (type,
+message). Deltas are coalesced: at most one entry per
 JOB_STREAM_COALESCE_MS per job, so a thousand concurrent streams do not mean tens
 of thousands of writes a second. Each stream is capped (MAXLEN ~) and every
 append sets its expiry in the same round trip: while the job runs, the longest a
@@ -75,7 +77,7 @@ class EventRelay:
         self.keys = [self.key, cancel_flag] if cancel_flag else [self.key]
         self.window = settings.JOB_STREAM_COALESCE_MS / 1000
         self.maxlen = settings.JOB_STREAM_MAXLEN
-        self.buffer: list[str] = []
+        self.buffer: list[str | dict[str, Any]] = []
         self.last_flush = 0.0
         self.lock = threading.Lock()
 
@@ -84,10 +86,16 @@ class EventRelay:
         if time.monotonic() - self.last_flush >= self.window:
             self.flush()
 
+    def tool_call(self, fragment: dict[str, Any]) -> None:
+        """A piece of a tool call ({index, id?, name?, arguments}), coalesced like text."""
+        self.buffer.append(fragment)
+        if time.monotonic() - self.last_flush >= self.window:
+            self.flush()
+
     def flush(self) -> None:
         if self.buffer:
-            text, self.buffer = "".join(self.buffer), []
-            self._append({"type": "delta", "text": text})
+            events, self.buffer = coalesce(self.buffer), []
+            self._write(live_ttl_seconds(), tuple(events))
         self.last_flush = time.monotonic()
 
     def event(self, event: dict[str, Any]) -> None:
@@ -105,6 +113,45 @@ class EventRelay:
 
     def _write(self, ttl: int, events: tuple[dict[str, Any], ...]) -> None:
         _append_script()(keys=self.keys, args=[self.maxlen, ttl, *(_encode(event)["d"] for event in events)])
+
+
+def coalesce(pieces: list[str | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Buffered pieces as events, in order: adjacent text is one `delta`, adjacent
+    argument fragments of one tool call one `tool_call` (a new id or name starts
+    a new event, so a listener sees each call's head once)."""
+    events: list[dict[str, Any]] = []
+    for piece in pieces:
+        last = events[-1] if events else None
+        if isinstance(piece, str):
+            if last is not None and last["type"] == "delta":
+                last["text"] += piece
+            else:
+                events.append({"type": "delta", "text": piece})
+        elif (
+            last is not None
+            and last["type"] == "tool_call"
+            and last["index"] == piece["index"]
+            and "id" not in piece
+            and "name" not in piece
+        ):
+            last["arguments"] += piece["arguments"]
+        else:
+            events.append({"type": "tool_call", **piece})
+    return events
+
+
+def tool_call_events(tool_calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Whole tool calls as the events a streamed one would have been (one each)."""
+    return [
+        {
+            "type": "tool_call",
+            "index": index,
+            "id": call.get("id", ""),
+            "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"],
+        }
+        for index, call in enumerate(tool_calls or [])
+    ]
 
 
 def live_ttl_seconds() -> int:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from apps.billing.services import call_cost
 from apps.cache.embedder import EmbedderError, PromptTooLong
 from apps.cache.exact import CachedAnswer, exact_get, exact_put
-from apps.cache.policy import CacheMode, CachePlan, policy_for
+from apps.cache.policy import CacheMode, CachePlan, policy_for, semantic_allowed
 from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
 from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get
@@ -91,6 +91,9 @@ class JobHost:
 
     def delta(self, text: str) -> None:
         self.relay.delta(text)
+
+    def tool_call(self, fragment: dict[str, Any]) -> None:
+        self.relay.tool_call(fragment)
 
     def event(self, event: dict[str, Any]) -> None:
         self.relay.event(event)
@@ -188,7 +191,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         params=job.params,
         deadline=deadline,
         watch=watch,
-        cached_allowed=plan is None or plan.mode not in (CacheMode.BYPASS, CacheMode.REFRESH),
+        cached_allowed=(plan is None or plan.mode not in (CacheMode.BYPASS, CacheMode.REFRESH))
+        and semantic_allowed(job.params),
         label=str(job.pk),
         attempt_log=job.attempt_log,
     )
@@ -270,6 +274,7 @@ def _job_answered(
             usage_estimated=result.usage_estimated,
             response_model=result.response_model,
             created=timezone.now().isoformat(),
+            tool_calls=result.tool_calls,
         )
         if plan.key:
             exact_put(

@@ -24,7 +24,7 @@ from apps.observability import metrics
 from apps.tenants.db import current_schema
 
 from .enqueue import job_enqueue, job_revoke
-from .events import EventRelay, job_events_close
+from .events import EventRelay, job_events_close, tool_call_events
 from .models import Job, JobStatus
 from .selectors import job_get
 from .settlement import job_tokens_settle
@@ -39,6 +39,7 @@ _ANSWER_FIELDS = (
     "cached",
     "cache_similarity",
     "output",
+    "tool_calls",
     "finish_reason",
     "input_tokens",
     "output_tokens",
@@ -60,6 +61,7 @@ def answer_fill(job: Job, answer: CachedAnswer, *, kind: str = "exact", similari
     job.cached = kind
     job.cache_similarity = similarity
     job.output = answer.output
+    job.tool_calls = answer.tool_calls
     job.finish_reason = answer.finish_reason
     job.input_tokens = answer.input_tokens
     job.output_tokens = answer.output_tokens
@@ -70,9 +72,10 @@ def answer_fill(job: Job, answer: CachedAnswer, *, kind: str = "exact", similari
 
 
 def answer_events(job: Job) -> tuple[dict[str, Any], ...]:
-    """A whole answer as events (a cached one: its text at once)."""
+    """A whole answer as events (a cached one: its text and tool calls at once)."""
     return (
         {"type": "delta", "text": job.output},
+        *tool_call_events(job.tool_calls),
         {
             "type": "usage",
             "input_tokens": job.input_tokens,

@@ -56,6 +56,8 @@ class Job(models.Model):
 
     # The answer.
     output = models.TextField(blank=True)
+    # The tool calls the model answered with (OpenAI's shape), or None: a text answer.
+    tool_calls = models.JSONField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)

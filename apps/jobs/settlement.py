@@ -108,6 +108,7 @@ def job_answer_charge(
                 tier=step + 1,
                 status=JobStatus.SUCCEEDED,
                 output=result.output,
+                tool_calls=result.tool_calls,
                 finish_reason=result.finish_reason,
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,

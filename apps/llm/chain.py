@@ -33,7 +33,8 @@ from apps.observability import metrics
 from apps.observability.genai import provider_call
 
 from .breaker import breaker_allow, breaker_record
-from .providers import CallStopped, CallWatch, ChatResult, ProviderError, chat_stream
+from .chat import chat_stream
+from .providers import CallStopped, CallWatch, ChatResult, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class ChainHost(Protocol):
 
     def delta(self, text: str) -> None:
         """Streamed text, for the listeners."""
+
+    def tool_call(self, fragment: dict[str, Any]) -> None:
+        """A streamed piece of a tool call ({index, id?, name?, arguments}), for the listeners."""
 
     def event(self, event: dict[str, Any]) -> None:
         """A chain event (a `fallback`), for the listeners."""
@@ -172,7 +176,12 @@ def call_with_retries(call: ChainCall, host: ChainHost, *, spec: ModelSpec, tier
                 spec, operation="chat", params=call.params, stream=True, job=span_fields, messages=call.messages
             ) as traced:
                 result = chat_stream(
-                    spec, messages=call.messages, params=call.params, on_delta=host.delta, watch=call.watch
+                    spec,
+                    messages=call.messages,
+                    params=call.params,
+                    on_delta=host.delta,
+                    on_tool_call=host.tool_call,
+                    watch=call.watch,
                 )
                 traced.succeeded(result, cost_micros=host.price(spec, result))
         except CallStopped as stop:  # cancelled, or the deadline: no retry, no fallback

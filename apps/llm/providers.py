@@ -8,13 +8,12 @@ hidden loop inside the client.
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import functools
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +24,10 @@ from typing import Any
 # on the parent's Postgres and Redis sockets, and jobs were lost to replies read by
 # the wrong side. Imported here, at process start, nothing else is running.
 import httpcore2  # noqa: F401
-import httpx2
 import openai
 from django.conf import settings
 
 from apps.catalog.selectors import ModelSpec
-
-from .content import content_tokens
-from .tokens import count_message_tokens, count_text_tokens
 
 # Keyless local servers (llama.cpp, Ollama, vLLM without --api-key) still need a
 # non-empty string for the SDK's Authorization header.
@@ -73,7 +68,7 @@ class ProviderError(Exception):
         return self.status is not None and (self.status >= 500 or self.status in (408, 409, 429))
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
+def retry_after(exc: openai.APIStatusError) -> float | None:
     """Seconds from `retry-after-ms` or `retry-after` (seconds; an HTTP date is ignored)."""
     headers = exc.response.headers
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
@@ -153,6 +148,7 @@ class ChatResult:
     response_model: str
     response_id: str
     first_chunk_s: float | None = None  # from sending the request to the first text
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: [{id, type, function: {name, arguments}}]
 
 
 def provider_api_key(spec: ModelSpec) -> str:
@@ -212,182 +208,14 @@ async def embeddings_create(spec: ModelSpec, *, body: Mapping[str, Any]) -> dict
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
-            "provider_error", _status_error_message(exc), status=exc.status_code, code=_status_error_code(exc)
+            "provider_error", status_error_message(exc), status=exc.status_code, code=status_error_code(exc)
         ) from exc
     data: dict[str, Any] = json.loads(response.content)
     data["model"] = spec.slug
     return data
 
 
-def chat_stream(
-    spec: ModelSpec,
-    *,
-    messages: Sequence[Mapping[str, Any]],
-    params: Mapping[str, Any],
-    on_delta: Callable[[str], None],
-    watch: CallWatch | None = None,
-) -> ChatResult:
-    """One streamed chat completion: `on_delta` gets each piece of text as it
-    arrives. Usage comes from the provider's final usage chunk when it sends one
-    (`stream_options.include_usage`); servers that never do (llama.cpp) get their
-    usage counted with tiktoken and marked estimated. A stream that breaks before
-    its finish reason is a failure, never a silently truncated answer.
-
-    The output allowance is always sent (output_allowance; as
-    `max_completion_tokens` to OpenAI, else `max_tokens`): what the budget held. A
-    `watch` that says stop (cancel, deadline) ends the call: CallStopped with
-    the text so far."""
-    if watch is not None and watch.reason():
-        raise CallStopped(watch.reason() or "", sent=False)
-    params_max_tokens = params.get("max_tokens")
-    params = {key: value for key, value in params.items() if key != "max_tokens"}
-    # OpenAI's own API names it max_completion_tokens (its reasoning models refuse
-    # max_tokens); the servers that speak its protocol know max_tokens.
-    allowance_field = "max_completion_tokens" if spec.provider == "openai" else "max_tokens"
-    params[allowance_field] = output_allowance(spec, params_max_tokens)
-    pieces: list[str] = []
-    try:
-        return _chat_stream(spec, messages=messages, params=params, on_delta=on_delta, watch=watch, pieces=pieces)
-    except CallStopped:
-        raise
-    except Exception as exc:
-        # Closing the response from the watcher breaks the read in whatever way the
-        # transport breaks: the watch knows why.
-        if watch is not None and watch.reason():
-            raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True) from exc
-        raise
-    finally:
-        if watch is not None:
-            watch.attach(None)
-
-
-def _chat_stream(
-    spec: ModelSpec,
-    *,
-    messages: Sequence[Mapping[str, Any]],
-    params: Mapping[str, Any],
-    on_delta: Callable[[str], None],
-    watch: CallWatch | None,
-    pieces: list[str],
-) -> ChatResult:
-    client = provider_client(spec)
-    started = time.perf_counter()
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    response_model = spec.provider_model_name
-    response_id = ""
-    first_chunk: float | None = None
-    try:
-        # The SDK makes the request (auth, base URL, status errors); its streaming
-        # response is read as raw SSE lines: building a pydantic object per chunk
-        # cost more than half of a worker's CPU per streamed job.
-        with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-            model=spec.provider_model_name,
-            messages=list(messages),
-            stream=True,
-            stream_options={"include_usage": True},
-            **dict(params),
-        ) as response:
-            if watch is not None:
-                watch.attach(_interrupter(response))
-            for line in response.iter_lines():
-                if watch is not None and watch.reason():
-                    raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if chunk.get("error"):
-                    error = chunk["error"]
-                    message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-                    raise ProviderError("provider_error", message)
-                response_id = chunk.get("id") or response_id
-                response_model = chunk.get("model") or response_model
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in (chunk.get("choices") or [])[:1]:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        if first_chunk is None:
-                            first_chunk = time.perf_counter()
-                        pieces.append(text)
-                        on_delta(text)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-    except openai.APITimeoutError as exc:
-        raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
-    except (openai.APIConnectionError, httpx2.TransportError) as exc:
-        if pieces:
-            raise ProviderError(
-                "provider_stream_broken",
-                f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}",
-                partial_output="".join(pieces),
-            ) from exc
-        raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
-    except openai.APIStatusError as exc:
-        raise ProviderError(
-            "provider_error",
-            _status_error_message(exc),
-            status=exc.status_code,
-            code=_status_error_code(exc),
-            retry_after=_retry_after(exc),
-        ) from exc
-    except openai.OpenAIError as exc:
-        raise ProviderError("provider_error", str(exc)) from exc
-    except ValueError as exc:  # a data line that is not JSON
-        raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
-    if watch is not None and watch.reason():
-        raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
-    if finish_reason is None:
-        raise ProviderError(
-            "provider_stream_broken",
-            f"The stream from {spec.slug} ended without a finish reason (truncated answer).",
-            partial_output="".join(pieces),
-        )
-    output = "".join(pieces)
-    if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
-        input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
-    else:
-        input_tokens = count_message_tokens(messages, spec.encoding) + content_tokens(spec=spec, messages=messages)
-        output_tokens, estimated = count_text_tokens(output, spec.encoding), True
-    return ChatResult(
-        output=output,
-        finish_reason=finish_reason,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        usage_estimated=estimated,
-        latency_ms=int((time.perf_counter() - started) * 1000),
-        response_model=response_model,
-        response_id=response_id,
-        first_chunk_s=first_chunk - started if first_chunk is not None else None,
-    )
-
-
-def _interrupter(response: Any) -> Callable[[], None]:
-    """What stops a read blocked on this response from another thread or greenlet:
-    shutting its socket down (the reader then sees the connection end). Closing the
-    response from there would not wake a thread blocked in recv(), and would pull
-    the connection from under the reader."""
-    sock = None
-    with contextlib.suppress(Exception):
-        stream = response.http_response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-
-    def interrupt() -> None:
-        if sock is None:
-            return
-        raw = getattr(sock, "_sock", sock)  # gevent wraps the OS socket
-        # The plain socket's shutdown, not TLS's (which would tear its state down
-        # while the reader still uses it).
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            _socket.socket.shutdown(raw, _socket.SHUT_RDWR)
-
-    return interrupt
-
-
-def _status_error_message(exc: openai.APIStatusError) -> str:
+def status_error_message(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, Mapping):
         error = body.get("error", body)
@@ -396,7 +224,7 @@ def _status_error_message(exc: openai.APIStatusError) -> str:
     return exc.message
 
 
-def _status_error_code(exc: openai.APIStatusError) -> str | None:
+def status_error_code(exc: openai.APIStatusError) -> str | None:
     body = exc.body
     if isinstance(body, Mapping):
         error = body.get("error", body)

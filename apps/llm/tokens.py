@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -109,4 +110,20 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], encoding: str = 
         total += count_text_tokens(message_text(message.get("content")), encoding)
         if message.get("name"):
             total += TOKENS_PER_NAME + count_text_tokens(str(message["name"]), encoding)
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            total += count_text_tokens(f"{function.get('name', '')}{function.get('arguments', '')}", encoding)
+    return total
+
+
+def count_schema_tokens(params: Mapping[str, Any], encoding: str = CL100K) -> int:
+    """What the request's tool definitions and response schema add to its input:
+    providers put them in the prompt. Counted as their JSON, a fair estimate of
+    every provider's rendering of them."""
+    total = 0
+    if params.get("tools"):
+        total += count_text_tokens(json.dumps(params["tools"], separators=(",", ":")), encoding)
+    schema = (params.get("response_format") or {}).get("json_schema")
+    if schema:
+        total += count_text_tokens(json.dumps(schema, separators=(",", ":")), encoding)
     return total

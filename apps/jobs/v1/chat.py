@@ -51,28 +51,21 @@ from .common import (
 
 def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
     """OpenAI's chat request -> (JobRequest, stream, include_usage). Raises
-    InvalidRequest or a DRF ValidationError naming the field."""
+    InvalidRequest or a DRF ValidationError naming the field (the one validator
+    both APIs share: JobCreateSerializer)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     body = dict(body)
-    stream = body.pop("stream", False)
+    stream = body.get("stream")
+    if stream is None:  # null means absent
+        stream = False
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be true or false.", param="stream")
-    options = body.pop("stream_options", None) or {}
-    if not isinstance(options, dict):
-        raise InvalidRequest("stream_options must be an object.", param="stream_options")
-    include_usage = bool(options.get("include_usage"))
-    if body.pop("n", 1) != 1:
-        raise InvalidRequest("Only n=1 is supported.", param="n")
-    if "max_completion_tokens" in body:
-        if "max_tokens" in body:
-            raise InvalidRequest("Send max_tokens or max_completion_tokens, not both.", param="max_completion_tokens")
-        body["max_tokens"] = body.pop("max_completion_tokens")
-    user = body.pop("user", None)
-    if user is not None:
-        if not isinstance(user, str):
-            raise InvalidRequest("user must be a string.", param="user")
-        metadata = body.get("metadata", {})
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    user = body.get("user")
+    if isinstance(user, str):  # also forwarded; kept on the job for the tenant's own reports
+        metadata = body.get("metadata") or {}
         if isinstance(metadata, dict):  # anything else is refused by the serializer, naming metadata
             body["metadata"] = {**metadata, "openai_user": user[:512]}
     serializer = JobCreateSerializer(data=body)
@@ -177,7 +170,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         for name, value in headers.items():
             answer.headers.setdefault(name, value)
         return answer
-    pieces, usage, final = answer
+    pieces, calls, usage, final = answer
     if final["type"] == "error":
         status, error_type = provider_failure_status(
             provider_status=final.get("provider_status"), error_type=final["error_type"]
@@ -198,7 +191,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                "message": _message("".join(pieces), calls),
                 "finish_reason": final["finish_reason"],
                 "logprobs": None,
             }
@@ -213,15 +206,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 CLIENT_GONE_STATUS = 499
 
 
-async def _wait_for_answer(
-    request: HttpRequest, schema: str, job: Job, lease: StreamLease
-) -> tuple[list[str], dict[str, Any] | None, dict[str, Any]] | JsonResponse:
-    """Wait for the job's text, usage and ending, at most V1_WAIT_TIMEOUT_SECONDS
+async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: StreamLease) -> _Answer | JsonResponse:
+    """Wait for the job's text, tool calls, usage and ending, at most V1_WAIT_TIMEOUT_SECONDS
     and only while the client is still there (aiplatform.asgi's StreamHandler sets
     `client_gone`); else the error response. Giving up stops the wait, not the job."""
     if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
         final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
-        return [job.output], _usage(job), final
+        return [job.output], job.tool_calls or [], _usage(job), final
     collect = asyncio.ensure_future(_collect(schema, job, lease))
     waits: set[asyncio.Future[Any]] = {collect}
     gone: asyncio.Event | None = getattr(request, "client_gone", None)
@@ -248,24 +239,64 @@ async def _wait_for_answer(
     return json_error(504, body)
 
 
-async def _collect(
-    schema: str, job: Job, lease: StreamLease
-) -> tuple[list[str], dict[str, Any] | None, dict[str, Any]]:
-    """The job's answer assembled from its events (its text, usage and ending), so
-    a completed call costs no second trip to Postgres."""
+async def _collect(schema: str, job: Job, lease: StreamLease) -> _Answer:
+    """The job's answer assembled from its events (its text, tool calls, usage and
+    ending), so a completed call costs no second trip to Postgres."""
     pieces: list[str] = []
+    calls: list[dict[str, Any]] = []
     usage: dict[str, Any] | None = None
     async for _, event in job_event_stream(schema, job, lease=lease):
         kind = event["type"]
         if kind == "delta":
             pieces.append(event["text"])
+        elif kind == "tool_call":
+            _assemble(calls, event)
         elif kind == "fallback":  # the next model starts over
             pieces.clear()
+            calls.clear()
         elif kind == "usage":
             usage = _usage_from_event(event)
         elif kind in ("done", "error"):
-            return pieces, usage, event
+            return pieces, calls, usage, event
     raise AssertionError("a job's event stream ends with done or error")
+
+
+# The text pieces, the tool calls, the usage and the closing event of an answer.
+_Answer = tuple[list[str], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]
+
+
+def _assemble(calls: list[dict[str, Any]], event: dict[str, Any]) -> None:
+    """Add a `tool_call` event's piece to the calls (OpenAI's shape)."""
+    index = event["index"]
+    while len(calls) <= index:
+        calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    call = calls[index]
+    if event.get("id"):
+        call["id"] = event["id"]
+    if event.get("name"):
+        call["function"]["name"] += event["name"]
+    call["function"]["arguments"] += event.get("arguments", "")
+
+
+def _message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant's message: its text (null when it only called tools), its tool calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tool_call_delta(event: dict[str, Any]) -> dict[str, Any]:
+    """A `tool_call` event as a chunk's delta: the call's head (id, type, name) with
+    its first piece, argument fragments after."""
+    call: dict[str, Any] = {"index": event["index"]}
+    function: dict[str, Any] = {"arguments": event.get("arguments", "")}
+    if event.get("id"):
+        call["id"], call["type"] = event["id"], "function"
+    if event.get("name"):
+        function["name"] = event["name"]
+    call["function"] = function
+    return {"tool_calls": [call]}
 
 
 def _usage_from_event(event: dict[str, Any]) -> dict[str, int]:
@@ -311,6 +342,9 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
         elif kind == "delta":
             sent = True
             yield _chunk(job, created, {"content": event["text"]})
+        elif kind == "tool_call":
+            sent = True
+            yield _chunk(job, created, _tool_call_delta(event))
         elif kind == "fallback":
             if not sent:  # nothing shown yet: the next model's answer streams on seamlessly
                 continue

@@ -1,0 +1,247 @@
+"""A streamed chat completion from a provider: text and tool calls relayed as
+they arrive, usage from the provider or counted, stops (cancel, deadline) that
+interrupt a blocked read. Clients, errors and the other calls: providers.py."""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import httpx2
+import openai
+
+from apps.catalog.selectors import ModelSpec
+
+from .content import content_tokens
+from .providers import (
+    CallStopped,
+    CallWatch,
+    ChatResult,
+    ProviderError,
+    output_allowance,
+    provider_client,
+    retry_after,
+    status_error_code,
+    status_error_message,
+)
+from .tokens import count_message_tokens, count_schema_tokens, count_text_tokens
+
+
+def chat_stream(
+    spec: ModelSpec,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    on_delta: Callable[[str], None],
+    watch: CallWatch | None = None,
+    on_tool_call: Callable[[dict[str, Any]], None] | None = None,
+) -> ChatResult:
+    """One streamed chat completion: `on_delta` gets each piece of text as it
+    arrives, `on_tool_call` each piece of a tool call ({index, id?, name?,
+    arguments}: the id and name with a call's first piece, then fragments of its
+    arguments), assembled into the result's `tool_calls`. Usage comes from the
+    provider's final usage chunk when it sends one (`stream_options.include_usage`);
+    servers that never do (llama.cpp) get their usage counted with tiktoken and
+    marked estimated. A stream that breaks before its finish reason is a failure,
+    never a silently truncated answer.
+
+    The output allowance is always sent (output_allowance; as
+    `max_completion_tokens` to OpenAI, else `max_tokens`): what the budget held. A
+    `watch` that says stop (cancel, deadline) ends the call: CallStopped with
+    the text so far."""
+    if watch is not None and watch.reason():
+        raise CallStopped(watch.reason() or "", sent=False)
+    params_max_tokens = params.get("max_tokens")
+    params = {key: value for key, value in params.items() if key != "max_tokens"}
+    # OpenAI's own API names it max_completion_tokens (its reasoning models refuse
+    # max_tokens); the servers that speak its protocol know max_tokens.
+    allowance_field = "max_completion_tokens" if spec.provider == "openai" else "max_tokens"
+    params[allowance_field] = output_allowance(spec, params_max_tokens)
+    pieces: list[str] = []  # the text and the tool calls' arguments so far: what a stop is charged for
+    try:
+        return _chat_stream(
+            spec,
+            messages=messages,
+            params=params,
+            on_delta=on_delta,
+            on_tool_call=on_tool_call,
+            watch=watch,
+            pieces=pieces,
+        )
+    except CallStopped:
+        raise
+    except Exception as exc:
+        # Closing the response from the watcher breaks the read in whatever way the
+        # transport breaks: the watch knows why.
+        if watch is not None and watch.reason():
+            raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True) from exc
+        raise
+    finally:
+        if watch is not None:
+            watch.attach(None)
+
+
+def _chat_stream(
+    spec: ModelSpec,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    on_delta: Callable[[str], None],
+    on_tool_call: Callable[[dict[str, Any]], None] | None,
+    watch: CallWatch | None,
+    pieces: list[str],
+) -> ChatResult:
+    client = provider_client(spec)
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    started = time.perf_counter()
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    response_model = spec.provider_model_name
+    response_id = ""
+    first_chunk: float | None = None
+    try:
+        # The SDK makes the request (auth, base URL, status errors); its streaming
+        # response is read as raw SSE lines: building a pydantic object per chunk
+        # cost more than half of a worker's CPU per streamed job.
+        with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+            model=spec.provider_model_name,
+            messages=list(messages),
+            stream=True,
+            stream_options={"include_usage": True},
+            **dict(params),
+        ) as response:
+            if watch is not None:
+                watch.attach(_interrupter(response))
+            for line in response.iter_lines():
+                if watch is not None and watch.reason():
+                    raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    error = chunk["error"]
+                    message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+                    raise ProviderError("provider_error", message)
+                response_id = chunk.get("id") or response_id
+                response_model = chunk.get("model") or response_model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in (chunk.get("choices") or [])[:1]:
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content")
+                    if piece:
+                        if first_chunk is None:
+                            first_chunk = time.perf_counter()
+                        pieces.append(piece)
+                        text.append(piece)
+                        on_delta(piece)
+                    for call in delta.get("tool_calls") or ():
+                        if first_chunk is None:
+                            first_chunk = time.perf_counter()
+                        fragment = _tool_call_piece(calls, call)
+                        pieces.append(fragment["arguments"])
+                        if on_tool_call is not None:
+                            on_tool_call(fragment)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+    except openai.APITimeoutError as exc:
+        raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
+        if pieces:
+            raise ProviderError(
+                "provider_stream_broken",
+                f"The stream from {spec.slug} broke after {len(pieces)} chunks: {exc}",
+                partial_output="".join(pieces),
+            ) from exc
+        raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
+    except openai.APIStatusError as exc:
+        raise ProviderError(
+            "provider_error",
+            status_error_message(exc),
+            status=exc.status_code,
+            code=status_error_code(exc),
+            retry_after=retry_after(exc),
+        ) from exc
+    except openai.OpenAIError as exc:
+        raise ProviderError("provider_error", str(exc)) from exc
+    except ValueError as exc:  # a data line that is not JSON
+        raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
+    if watch is not None and watch.reason():
+        raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
+    if finish_reason is None:
+        raise ProviderError(
+            "provider_stream_broken",
+            f"The stream from {spec.slug} ended without a finish reason (truncated answer).",
+            partial_output="".join(pieces),
+        )
+    output = "".join(text)
+    tool_calls = [calls[index] for index in sorted(calls)] or None
+    if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
+        input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
+    else:
+        input_tokens = (
+            count_message_tokens(messages, spec.encoding)
+            + count_schema_tokens(params, spec.encoding)
+            + content_tokens(spec=spec, messages=messages)
+        )
+        output_tokens, estimated = count_text_tokens("".join(pieces), spec.encoding), True
+    return ChatResult(
+        output=output,
+        finish_reason=finish_reason,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        usage_estimated=estimated,
+        latency_ms=int((time.perf_counter() - started) * 1000),
+        response_model=response_model,
+        response_id=response_id,
+        first_chunk_s=first_chunk - started if first_chunk is not None else None,
+        tool_calls=tool_calls,
+    )
+
+
+def _tool_call_piece(calls: dict[int, dict[str, Any]], call: Mapping[str, Any]) -> dict[str, Any]:
+    """Add one streamed piece of a tool call to the calls assembled so far, and
+    return it as the relay shows it: {index, id?, name?, arguments}."""
+    index = int(call.get("index") or 0)
+    function = call.get("function") or {}
+    assembled = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    fragment: dict[str, Any] = {"index": index}
+    if call.get("id"):
+        assembled["id"] = fragment["id"] = str(call["id"])
+    if function.get("name"):
+        assembled["function"]["name"] += str(function["name"])
+        fragment["name"] = str(function["name"])
+    arguments = str(function.get("arguments") or "")
+    assembled["function"]["arguments"] += arguments
+    fragment["arguments"] = arguments
+    return fragment
+
+
+def _interrupter(response: Any) -> Callable[[], None]:
+    """What stops a read blocked on this response from another thread or greenlet:
+    shutting its socket down (the reader then sees the connection end). Closing the
+    response from there would not wake a thread blocked in recv(), and would pull
+    the connection from under the reader."""
+    sock = None
+    with contextlib.suppress(Exception):
+        stream = response.http_response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def interrupt() -> None:
+        if sock is None:
+            return
+        raw = getattr(sock, "_sock", sock)  # gevent wraps the OS socket
+        # The plain socket's shutdown, not TLS's (which would tear its state down
+        # while the reader still uses it).
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            _socket.socket.shutdown(raw, _socket.SHUT_RDWR)
+
+    return interrupt
