@@ -38,11 +38,11 @@ Control API (for tests, never behind the API key):
                              requests hanging on a timeout fault answer 503
   POST /_control/configure   {"latency_ms", "chunk_delay_ms", "stream_usage",
                               "nonstream_usage", "reply", "embedding_aliases",
-                              "error_rates"} (any subset)
+                              "error_rates", "usage_details"} (any subset)
   POST /_control/faults      {"faults": [fault, ...]} appended to a queue. A fault:
                              kind "error" (default) | "timeout" | "cut_stream";
                              model (null = any); status (default 500); message,
-                             type, code (OpenAI-like defaults per status);
+                             type, code (OpenAI-like defaults per status), param;
                              retry_after (seconds, sent as Retry-After); times
                              (default 1, -1 = forever); after_chunks (cut_stream);
                              endpoint "chat" (default) | "embeddings" | "any".
@@ -121,6 +121,9 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     # {model: probability}: that share of its chat requests answer 500 (seeded, so
     # a run is repeatable), for benchmarks of fallbacks under partial failure.
     "error_rates": (dict,),
+    # {"cached_tokens": n, "reasoning_tokens": m}: what usage details report (a
+    # prompt cache hit, a reasoning model), for tests of their pricing.
+    "usage_details": (dict,),
 }
 _FAULT_KINDS = ("error", "timeout", "cut_stream")
 _FAULT_ENDPOINTS = ("chat", "embeddings", "any")
@@ -199,14 +202,20 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, details: dict[str, int] | None = None) -> dict[str, Any]:
+    details = details or {}
+    reasoning = int(details.get("reasoning_tokens", 0))
+    completion += reasoning  # reasoning tokens are part of the completion's
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": min(prompt, int(details.get("cached_tokens", 0))),
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -372,6 +381,7 @@ class _Fault:
         "kind",
         "message",
         "model",
+        "param",
         "retry_after",
         "status",
         "times",
@@ -401,6 +411,7 @@ class _Fault:
         self.message: str = str(spec.get("message") or dmsg)
         self.etype: str = str(spec.get("type") or spec.get("etype") or dtype)
         self.code: str | None = spec.get("code", dcode)
+        self.param: str | None = spec.get("param")
         retry_after = spec.get("retry_after")
         if retry_after is not None and (not isinstance(retry_after, (int, float)) or isinstance(retry_after, bool)):
             raise _BadRequest("fault 'retry_after' must be a number", "faults")
@@ -452,6 +463,7 @@ class UpstreamApp:
             "reply": None,
             "embedding_aliases": {},
             "error_rates": {},
+            "usage_details": {},
         }
         self._ids = itertools.count(1)
         self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
@@ -476,6 +488,7 @@ class UpstreamApp:
         self.reply: str | None = s["reply"]
         self.embedding_aliases: dict[str, str] = dict(s["embedding_aliases"])
         self.error_rates: dict[str, float] = dict(s["error_rates"])
+        self.usage_details: dict[str, int] = dict(s["usage_details"])
         self._error_rng = random.Random(7)
         self.faults: list[_Fault] = []
         self.total = 0
@@ -500,6 +513,7 @@ class UpstreamApp:
             "reply": self.reply,
             "embedding_aliases": self.embedding_aliases,
             "error_rates": self.error_rates,
+            "usage_details": self.usage_details,
         }
 
     def configure(self, **kw: Any) -> None:
@@ -740,7 +754,7 @@ class UpstreamApp:
                 "system_fingerprint": FINGERPRINT,
             }
             if self.nonstream_usage:
-                payload["usage"] = _usage(prompt_tokens, completion_tokens)
+                payload["usage"] = _usage(prompt_tokens, completion_tokens, self.usage_details)
             out = _dumps(payload).encode()
             if fault is not None:  # cut_stream on a non-stream request: half a body, then close
                 await send(
@@ -812,7 +826,7 @@ class UpstreamApp:
                         "model": model,
                         "system_fingerprint": FINGERPRINT,
                         "choices": [],
-                        "usage": _usage(prompt_tokens, completion_tokens),
+                        "usage": _usage(prompt_tokens, completion_tokens, self.usage_details),
                     }
                 ).encode()
                 + b"\n\n"
@@ -1097,7 +1111,7 @@ async def _send_fault(send: Send, fault: _Fault) -> None:
         ra = fault.retry_after
         value = str(int(ra)) if float(ra).is_integer() else str(ra)
         headers = [(b"retry-after", value.encode())]
-    await _send_error(send, fault.status, fault.message, fault.etype, fault.code, None, headers)
+    await _send_error(send, fault.status, fault.message, fault.etype, fault.code, fault.param, headers)
 
 
 def create_app(

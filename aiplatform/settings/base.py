@@ -282,8 +282,13 @@ JOB_STREAM_TTL_SECONDS = env_int("JOB_STREAM_TTL_SECONDS", 3600, minimum=1)
 SSE_HEARTBEAT_SECONDS = env_int("SSE_HEARTBEAT_SECONDS", 15, minimum=1)
 
 # A non-stream /v1/chat/completions waits this long for its job, then answers 504
-# with the job id (x-aip-job-id) so the client can poll the async API.
-V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 600, minimum=1)
+# with the job id (x-aip-job-id) and `x-should-retry: false`, so the client can poll
+# the async API. Below the openai SDKs' default 600 s timeout: a client that timed
+# out first would retry and start a second job.
+V1_WAIT_TIMEOUT_SECONDS = env_int("V1_WAIT_TIMEOUT_SECONDS", 540, minimum=1)
+# A /v1 stream its client closes before the end cancels its job (a chat UI's Stop
+# button stops the spending); the jobs API's event streams never do.
+V1_CANCEL_ON_DISCONNECT = env_bool("V1_CANCEL_ON_DISCONNECT", True)
 
 # The HTTP edge (aiplatform/asgi.py, apps/jobs/leases.py).
 # Largest JSON body the API takes (413 request_too_large above it, refused before

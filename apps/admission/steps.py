@@ -16,7 +16,7 @@ from apps.cache.policy import CacheMode, cache_plan
 from apps.catalog.selectors import model_get, models_enabled
 from apps.controls.fallbacks import fallbacks_for
 from apps.controls.switches import switch_check
-from apps.core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from apps.core.errors import InvalidRequest, NotFound
 from apps.core.webhooks import webhook_url_check
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
@@ -109,10 +109,13 @@ class Size(_Checks):
         )
         needed = input_tokens + (max_tokens or 0)
         if needed > spec.context_window:
-            raise PayloadTooLarge(
+            # A 400, as OpenAI answers (SDKs raise BadRequestError; LangChain and
+            # LiteLLM look for the code).
+            raise InvalidRequest(
                 f"The request needs {needed} tokens ({input_tokens} in the messages"
                 f"{f' + {max_tokens} max_tokens' if max_tokens else ''}), above the {spec.context_window}-token"
                 f" context window of {spec.slug}.",
+                code="context_length_exceeded",
                 param="messages",
             )
         admission.input_tokens = input_tokens

@@ -14,14 +14,34 @@ from decimal import ROUND_CEILING, Decimal
 MICROS_PER_USD = 1_000_000
 
 
-def cost_micros(*, input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> int:
-    """The cost of a call in micro-dollars, rounded up."""
-    total = Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price
+def cost_micros(
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    input_price: Decimal,
+    output_price: Decimal,
+    cached_tokens: int = 0,
+    cached_price: Decimal | None = None,
+) -> int:
+    """The cost of a call in micro-dollars, rounded up. `cached_tokens` of the
+    input (the provider's prompt cache served them) cost `cached_price` each."""
+    cached = min(max(cached_tokens, 0), input_tokens) if cached_price is not None else 0
+    total = (
+        Decimal(input_tokens - cached) * input_price
+        + Decimal(cached) * (cached_price or Decimal(0))
+        + Decimal(output_tokens) * output_price
+    )
     return int(total.to_integral_value(rounding=ROUND_CEILING))
 
 
 def usd(micros: int) -> Decimal:
     return Decimal(micros) / MICROS_PER_USD
+
+
+def usd_string(micros: int | None) -> str | None:
+    """Micro-dollars as a decimal string of USD with all six places ("0.000150"),
+    as the APIs show a cost; None stays None."""
+    return None if micros is None else f"{usd(micros):.6f}"
 
 
 def format_usd(micros: int) -> str:

@@ -63,12 +63,17 @@ def chain_fit(steps: Sequence[ModelSpec], *, input_tokens: int, cap: int, room: 
     return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low)
 
 
-def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int) -> int:
+def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+    """What a call costs at the catalog's prices: input, the part of it the
+    provider served from its prompt cache (at the cached-input price, where the
+    catalog sets one), and output (reasoning tokens are output)."""
     return cost_micros(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         input_price=spec.input_price_per_mtok,
         output_price=spec.output_price_per_mtok,
+        cached_tokens=cached_tokens,
+        cached_price=spec.cached_input_price_per_mtok,
     )
 
 

@@ -67,6 +67,13 @@ class LLMModel(models.Model):
     output_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M output tokens"
     )
+    cached_input_price_per_mtok = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per 1M input tokens the provider served from its prompt cache; blank: the input price",
+    )
     input_modalities = models.JSONField(
         default=text_only,
         help_text='What requests may send it: a list of "text", "image", "audio", "file" (parts of another kind are'

@@ -32,6 +32,7 @@ class ModelSpec:
     max_tokens_per_part: int = DEFAULT_MAX_TOKENS_PER_PART  # the hold for one non-text part
     allow_remote_media: bool = False  # http(s) image URLs pass (never for a self-hosted provider)
     job_timeout_seconds: int | None = None  # blank: JOB_DEADLINE_SECONDS
+    cached_input_price_per_mtok: Decimal | None = None  # blank: the input price
 
     @property
     def job_timeout(self) -> int:
@@ -62,6 +63,7 @@ def _load_catalog() -> dict[str, ModelSpec]:
             max_tokens_per_part=row.max_tokens_per_part,
             allow_remote_media=row.allow_remote_media and row.provider not in SELF_HOSTED_PROVIDERS,
             job_timeout_seconds=row.job_timeout_seconds,
+            cached_input_price_per_mtok=row.cached_input_price_per_mtok,
         )
         for row in LLMModel.objects.all()
     }

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.selectors import Principal
+from apps.billing.money import usd_string
 from apps.core.errors import InvalidRequest, NotFound
 from apps.ratelimit.limits import ratelimit_headers
 
@@ -37,6 +38,8 @@ def job_representation(
             "input_tokens": job.input_tokens,
             "output_tokens": job.output_tokens,
             "total_tokens": job.input_tokens + job.output_tokens,
+            "cached_input_tokens": job.cached_input_tokens or 0,
+            "reasoning_tokens": job.reasoning_tokens or 0,
             "estimated": job.usage_estimated,
         }
     error = None
@@ -58,6 +61,7 @@ def job_representation(
         "tool_calls": job.tool_calls,
         "finish_reason": job.finish_reason,
         "usage": usage,
+        "cost_usd": usd_string(job.cost_micros),
         "cached": job.cached or None,
         "cache_similarity": job.cache_similarity,
         "provider_latency_ms": job.provider_latency_ms,
@@ -94,6 +98,8 @@ class UsageSchema(serializers.Serializer[Any]):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
+    cached_input_tokens = serializers.IntegerField(help_text="of input_tokens, what the provider's prompt cache served")
+    reasoning_tokens = serializers.IntegerField(help_text="of output_tokens, what a reasoning model thought")
     estimated = serializers.BooleanField(help_text="Counted by us (tiktoken) because the provider sent no usage.")
 
 
@@ -157,6 +163,9 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     tool_calls = ToolCallSchema(many=True, allow_null=True, help_text="the tool calls the model answered with")
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)
+    cost_usd = serializers.CharField(
+        allow_null=True, help_text='what the job cost, a decimal string in USD ("0.000150"); null until it is known'
+    )
     cached = serializers.ChoiceField(
         choices=["exact", "semantic"], allow_null=True, help_text="which cache served the answer; null: a model did"
     )

@@ -125,7 +125,12 @@ class JobHost:
         return LastResort(lookup.hit.answer, lookup.hit.similarity, tier, priced_as)
 
     def price(self, spec: ModelSpec, result: ChatResult) -> int:
-        return call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+        return call_cost(
+            spec,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cached_tokens=result.cached_tokens,
+        )
 
     def span_fields(self, tier: int) -> dict[str, Any] | None:
         """Our attributes on a provider call's span: whose job, and why it called."""
@@ -212,6 +217,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             message=failure_summary(job.attempt_log, outcome),
             status=outcome.status,
             code=outcome.code,
+            param=outcome.param,
+            retry_after=outcome.retry_after,
             webhook_url=job.webhook_url,
             attempt_log=job.attempt_log,
         )
@@ -248,7 +255,7 @@ def _job_answered(
     the identical requests that waited for this answer."""
     answered, step, result = outcome.spec, outcome.step, outcome.result
     held_at = job_hold_time(job)
-    succeeded = job_answer_charge(
+    succeeded, cost = job_answer_charge(
         job=job, spec=answered, step=step, result=result, requested=requested, held_at=held_at
     )
     if succeeded:
@@ -260,8 +267,16 @@ def _job_answered(
                 "input_tokens": result.input_tokens,
                 "output_tokens": result.output_tokens,
                 "estimated": result.usage_estimated,
+                "cached_tokens": result.cached_tokens,
+                "reasoning_tokens": result.reasoning_tokens,
+                "cost_micros": cost,
             },
-            {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
+            {
+                "type": "done",
+                "status": JobStatus.SUCCEEDED.value,
+                "finish_reason": result.finish_reason,
+                "model": answered.slug,
+            },
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     # Only the requested model's answers are cached: a fallback's is not what was asked.

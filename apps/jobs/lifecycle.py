@@ -225,6 +225,8 @@ def job_fail(
     message: str,
     status: int | None = None,
     code: str | None = None,
+    param: str | None = None,
+    retry_after: float | None = None,
     webhook_url: str | None = None,
     attempt_log: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -237,6 +239,7 @@ def job_fail(
         status=JobStatus.FAILED,
         error_type=error_type,
         error_code=code or "",
+        error_param=param or "",
         error_message=message,
         error_status=status,
         finished_at=timezone.now(),
@@ -251,7 +254,15 @@ def job_fail(
         metrics.record_job_status(JobStatus.FAILED)
         logger.info("job %s failed: %s", job_id, error_type, extra={"error_type": error_type})
         EventRelay(job_id=job_id).final(
-            {"type": "error", "error_type": error_type, "message": message, "provider_status": status}
+            {
+                "type": "error",
+                "error_type": error_type,
+                "message": message,
+                "provider_status": status,
+                "code": code,
+                "param": param,
+                "retry_after": retry_after,
+            }
         )
         if webhook_url is None:
             webhook_url = Job.objects.filter(pk=job_id).values_list("webhook_url", flat=True).first() or ""

@@ -80,6 +80,10 @@ class Job(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     error_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_param = models.CharField(max_length=256, blank=True)  # the request field a provider's refusal named
+    # Of input_tokens, what the provider's prompt cache served; of output_tokens, reasoning.
+    cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
 
     # Completion webhook: where the final state is POSTed (the request's, or the tenant's default).
     webhook_url = models.URLField(max_length=2000, blank=True)

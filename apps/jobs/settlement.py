@@ -93,11 +93,14 @@ def job_hold_settle(*, job_id: uuid.UUID, cost: int) -> None:
 
 def job_answer_charge(
     *, job: Job, spec: ModelSpec, step: int, result: ChatResult, requested: ModelSpec | None, held_at: datetime
-) -> bool:
+) -> tuple[bool, int]:
     """A model answered: the job succeeds (unless it was cancelled meanwhile) and
     the call is charged (dated `held_at`, see job_hold_time), in one transaction,
-    then the hold is settled and the tokens reconciled. True when the job succeeded."""
-    cost = call_cost(spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens)
+    then the hold is settled and the tokens reconciled. (Whether the job
+    succeeded, its cost in micro-dollars.)"""
+    cost = call_cost(
+        spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens, cached_tokens=result.cached_tokens
+    )
     metrics.record_cost(current_schema(), spec.slug, cost)
     with transaction.atomic():
         # Guarded by status: a job cancelled while the provider answered stays cancelled.
@@ -112,6 +115,8 @@ def job_answer_charge(
                 finish_reason=result.finish_reason,
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
+                cached_input_tokens=result.cached_tokens,
+                reasoning_tokens=result.reasoning_tokens,
                 usage_estimated=result.usage_estimated,
                 provider_latency_ms=result.latency_ms,
                 response_model=result.response_model,
@@ -153,7 +158,7 @@ def job_answer_charge(
             result.output_tokens,
             cost,
         )
-    return succeeded
+    return succeeded, cost
 
 
 def job_stop_charge(*, job: Job, stop: CallStopped, requested: ModelSpec | None, held_at: datetime) -> None:

@@ -6,7 +6,9 @@ provider's Retry-After when that is longer) and is skipped while its shared
 circuit breaker is open; a stream that broke mid-answer is reported to the host
 (which charges and refunds what the provider generated) and the next step starts
 over, after a `fallback` event that tells listeners to discard what they showed.
-No model call starts after the deadline, and no retry once text has streamed.
+No model call starts after the deadline, and no retry once text has streamed. A
+request the provider refuses as wrong (400, 413, 422) ends the chain: another
+model would refuse it too.
 
 The chain knows models, providers and breakers, nothing of jobs, budgets or
 caches: what it needs from its caller (which models are available, where deltas
@@ -145,6 +147,8 @@ def chain_run(call: ChainCall, host: ChainHost) -> Outcome:
         except ProviderError as exc:
             if exc.partial_output:
                 host.partial(spec=spec, output=exc.partial_output, step=step)
+            if exc.request_error:  # the request is wrong: another model would refuse it too
+                return exc
             failure = exc
     return failure or ProviderError("deadline_exceeded", "The job's deadline passed before any model answered.")
 
@@ -189,7 +193,7 @@ def call_with_retries(call: ChainCall, host: ChainHost, *, spec: ModelSpec, tier
             call.attempt_log.append(attempt(spec.slug, started, "stopped", retries, stopped))
             raise
         except ProviderError as exc:
-            breaker_record(spec.slug, ok=not exc.provider_trouble, status=exc.status)
+            breaker_record(spec.slug, ok=not (exc.provider_trouble or exc.misconfigured), status=exc.status)
             wait = backoff(retries, exc.retry_after)
             retry = exc.provider_trouble and not exc.partial_output and retries < settings.LLM_MAX_RETRIES
             if not retry or timezone.now() + timedelta(seconds=wait) >= call.deadline:

@@ -24,9 +24,7 @@ from .providers import (
     ProviderError,
     output_allowance,
     provider_client,
-    retry_after,
-    status_error_code,
-    status_error_message,
+    status_error,
 )
 from .tokens import count_message_tokens, count_schema_tokens, count_text_tokens
 
@@ -163,13 +161,7 @@ def _chat_stream(
             ) from exc
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
-        raise ProviderError(
-            "provider_error",
-            status_error_message(exc),
-            status=exc.status_code,
-            code=status_error_code(exc),
-            retry_after=retry_after(exc),
-        ) from exc
+        raise status_error(spec, exc) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc)) from exc
     except ValueError as exc:  # a data line that is not JSON
@@ -193,6 +185,8 @@ def _chat_stream(
             + content_tokens(spec=spec, messages=messages)
         )
         output_tokens, estimated = count_text_tokens("".join(pieces), spec.encoding), True
+    details_in = (usage or {}).get("prompt_tokens_details") or {}
+    details_out = (usage or {}).get("completion_tokens_details") or {}
     return ChatResult(
         output=output,
         finish_reason=finish_reason,
@@ -204,6 +198,8 @@ def _chat_stream(
         response_id=response_id,
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
         tool_calls=tool_calls,
+        cached_tokens=0 if estimated else int(details_in.get("cached_tokens") or 0),
+        reasoning_tokens=0 if estimated else int(details_out.get("reasoning_tokens") or 0),
     )
 
 

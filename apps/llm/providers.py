@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from apps.catalog.selectors import ModelSpec
 
 # Keyless local servers (llama.cpp, Ollama, vLLM without --api-key) still need a
 # non-empty string for the SDK's Authorization header.
+logger = logging.getLogger(__name__)
+
 NO_KEY = "not-needed"
 
 
@@ -47,12 +51,14 @@ class ProviderError(Exception):
         code: str | None = None,
         partial_output: str = "",
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.status = status
         self.code = code
+        self.param = param  # the request field the provider named, for errors the request caused
         # Text the provider had streamed before it failed: it generated (and bills)
         # those tokens even though the call produced no answer.
         self.partial_output = partial_output
@@ -66,6 +72,27 @@ class ProviderError(Exception):
         if self.error_type in ("provider_timeout", "provider_unreachable", "provider_stream_broken"):
             return True
         return self.status is not None and (self.status >= 500 or self.status in (408, 409, 429))
+
+    @property
+    def request_error(self) -> bool:
+        """The request itself was refused (400, 413, 422): the caller gets the
+        provider's status, code, param and message; no retry, no fallback (another
+        model would refuse it too), and the breaker does not count it."""
+        return self.error_type == "provider_error" and self.status in REQUEST_ERROR_STATUSES
+
+    @property
+    def misconfigured(self) -> bool:
+        """The provider refused the platform (401, 403, 404: our key, our model
+        name): the operator's to fix. Counted by the breaker, failed over."""
+        return self.error_type == UPSTREAM_MISCONFIGURED
+
+
+REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
+UPSTREAM_MISCONFIGURED = "upstream_misconfigured"
+
+# What a provider's message may say of the account the platform calls with.
+_ACCOUNT_DETAILS = re.compile(r"\b(?:org|proj|user|sk|sess|acct)[-_](?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{6,}\b")
 
 
 def retry_after(exc: openai.APIStatusError) -> float | None:
@@ -149,6 +176,8 @@ class ChatResult:
     response_id: str
     first_chunk_s: float | None = None  # from sending the request to the first text
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: [{id, type, function: {name, arguments}}]
+    cached_tokens: int = 0  # of input_tokens, what the provider's prompt cache served
+    reasoning_tokens: int = 0  # of output_tokens, what a reasoning model thought
 
 
 def provider_api_key(spec: ModelSpec) -> str:
@@ -207,27 +236,48 @@ async def embeddings_create(spec: ModelSpec, *, body: Mapping[str, Any]) -> dict
     except openai.APIConnectionError as exc:
         raise ProviderError("provider_unreachable", f"Cannot connect to {spec.base_url}: {exc}") from exc
     except openai.APIStatusError as exc:
-        raise ProviderError(
-            "provider_error", status_error_message(exc), status=exc.status_code, code=status_error_code(exc)
-        ) from exc
+        raise status_error(spec, exc) from exc
     data: dict[str, Any] = json.loads(response.content)
     data["model"] = spec.slug
     return data
 
 
-def status_error_message(exc: openai.APIStatusError) -> str:
+def status_error(spec: ModelSpec, exc: openai.APIStatusError) -> ProviderError:
+    """A provider's error status as ours. 401, 403 and 404 mean the platform's key
+    or catalog entry is wrong: the caller learns only that (the provider's words
+    may name our account), and the operator is alerted in the logs. Any other:
+    the provider's status, code, param and message, account ids taken out."""
+    status = exc.status_code
+    if status in MISCONFIGURED_STATUSES:
+        logger.error(
+            "%s: its provider refused the platform's key or model name (HTTP %s): %s",
+            spec.slug,
+            status,
+            _error_field(exc, "message") or exc.message,
+            extra={"event": UPSTREAM_MISCONFIGURED, "model": spec.slug, "status": status},
+        )
+        return ProviderError(
+            UPSTREAM_MISCONFIGURED,
+            f"{spec.slug}'s provider refused the platform's configuration (HTTP {status}); the operator is alerted.",
+            status=status,
+            code=UPSTREAM_MISCONFIGURED,
+        )
+    message = _ACCOUNT_DETAILS.sub("[redacted]", _error_field(exc, "message") or exc.message)
+    return ProviderError(
+        "provider_error",
+        message,
+        status=status,
+        code=_error_field(exc, "code"),
+        param=_error_field(exc, "param"),
+        retry_after=retry_after(exc),
+    )
+
+
+def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
+    """A field of the provider's error body (`{"error": {...}}` or the body itself)."""
     body = exc.body
     if isinstance(body, Mapping):
         error = body.get("error", body)
-        if isinstance(error, Mapping) and error.get("message"):
-            return str(error["message"])
-    return exc.message
-
-
-def status_error_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping) and error.get("code"):
-            return str(error["code"])
+        if isinstance(error, Mapping) and error.get(name):
+            return str(error[name])
     return None

@@ -109,11 +109,11 @@ def test_non_json_body_is_400(personas: Personas):
     assert response.json()["error"]["code"] == "parse_error"
 
 
-def test_prompt_larger_than_context_is_413_with_the_limit(personas: Personas):
+def test_prompt_larger_than_context_is_400_context_length_exceeded_with_the_limit(personas: Personas):
     huge = " ".join(["word"] * 5000)  # local-small has a 4096-token context in tests
     error = assert_error(
         post_job(personas.alice.client(), {**CHAT, "messages": [{"role": "user", "content": huge}]}),
-        413,
+        400,
         "context_length_exceeded",
         "messages",
     )

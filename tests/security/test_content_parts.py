@@ -138,9 +138,9 @@ def test_parts_are_held_at_a_worst_case_and_count_against_the_context(personas: 
     pdf = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
     response = client.post("/api/v1/jobs", _body(audio, pdf, model="routing-probe"), format="json")
     assert Job.objects.get(pk=response.json()["id"]).input_tokens_estimate == text_only + 2 * 1445
-    # Three parts at the maximum do not fit a 4096-token context: 413, not 0 tokens.
+    # Three parts at the maximum do not fit a 4096-token context: refused, not 0 tokens.
     response = client.post("/api/v1/jobs", _body(audio, audio, audio, model="routing-probe"), format="json")
-    assert response.status_code == 413, response.json()
+    assert response.status_code == 400, response.json()
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 

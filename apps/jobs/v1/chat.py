@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,28 +27,51 @@ from rest_framework import exceptions
 
 from apps.accounts.authentication import InvalidKey
 from apps.accounts.selectors import Principal
-from apps.core.errors import ApiError, InvalidRequest, api_error_body, error_body, validation_error_body
+from apps.core.errors import (
+    ApiError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    api_error_body,
+    error_body,
+    validation_error_body,
+)
 from apps.core.threads import in_thread
 from apps.ratelimit.limits import (
     ratelimit_headers,
 )
-from apps.tenants.db import current_schema, release_connection
+from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
 from ..leases import KeyRevoked, StreamLease, lease_acquire, release_on_close
+from ..lifecycle import job_cancel
 from ..models import Job, JobStatus
 from ..serializers import JobCreateSerializer
 from ..sse import HEARTBEAT, job_event_stream, load_job
 from ..submit import JobRequest, Submission, job_submit
 from .common import (
+    COST_HEADER,
     JOB_ID_HEADER,
+    NO_RETRY,
     as_openai_error,
     authenticated_body,
     invalid_key_response,
     json_error,
     method_not_allowed,
-    provider_failure_status,
+    provider_error_response,
 )
+from .shapes import (
+    Answer,
+    assemble,
+    assistant_message,
+    chunk_bytes,
+    completion_id,
+    job_usage,
+    tool_call_delta,
+    usage_from_event,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def _chat_request(body: Any) -> tuple[JobRequest, bool, bool]:
@@ -82,20 +107,50 @@ class _Submitted:
     include_usage: bool
     headers: dict[str, str]  # the rate-limit headers
     lease: StreamLease  # the connection's stream slot, held while it waits or streams
+    principal: Principal
 
 
-def _submit_with_slot(principal: Principal, request: JobRequest) -> tuple[StreamLease, Submission]:
+@dataclass
+class _StopIfAbandoned:
+    """A response closer (aiplatform.asgi runs it once the response is over): a
+    stream its client closed before the end cancels its job, so a chat UI's Stop
+    button stops the spending (V1_CANCEL_ON_DISCONNECT). The jobs API's streams
+    keep theirs running: that is their point."""
+
+    schema: str
+    principal: Principal
+    job_id: uuid.UUID
+    finished: bool = False
+
+    async def __call__(self) -> None:
+        if not self.finished and settings.V1_CANCEL_ON_DISCONNECT:
+            await in_thread(self._cancel)
+
+    def _cancel(self) -> None:
+        tenant_connection().set_schema(self.schema)
+        try:
+            job_cancel(principal=self.principal, job_id=self.job_id)
+            logger.info("job %s cancelled: its /v1 stream was closed by the client", self.job_id)
+        except (Conflict, NotFound):
+            pass  # it had ended meanwhile
+        finally:
+            release_connection()
+
+
+def _submit_with_slot(
+    principal: Principal, request: JobRequest, idempotency_key: str | None
+) -> tuple[StreamLease, Submission]:
     """Take the connection's stream slot, then submit: a caller over its cap
     (TooManyStreams, 429) starts no job that nobody would wait for."""
     lease = lease_acquire(principal=principal)
     try:
-        return lease, job_submit(principal=principal, request=request)
+        return lease, job_submit(principal=principal, request=request, idempotency_key=idempotency_key)
     except BaseException:
         lease.release_sync()
         raise
 
 
-def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
+def _submit(header: str, raw_body: bytes, idempotency_key: str | None) -> _Submitted | JsonResponse:
     """Authenticate and create the job (in a thread: Postgres and Redis); or the
     error response, with the caller's rate-limit headers once they are known."""
     activate_key_tenant(header)
@@ -107,8 +162,10 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
         except ApiError as exc:
             return json_error(exc.status_code, api_error_body(exc), exc.headers)
         try:
+            if idempotency_key is not None and len(idempotency_key) > 255:
+                raise InvalidRequest("Idempotency-Key is longer than 255 characters.", param="Idempotency-Key")
             request, stream, include_usage = _chat_request(body)
-            lease, submission = _submit_with_slot(principal, request)
+            lease, submission = _submit_with_slot(principal, request, idempotency_key)
         except ApiError as exc:
             if exc.code == "model_not_found":
                 exc.status_code = 404  # what OpenAI answers (the SDK raises NotFoundError)
@@ -118,29 +175,25 @@ def _submit(header: str, raw_body: bytes) -> _Submitted | JsonResponse:
         except exceptions.ValidationError as exc:
             return json_error(400, validation_error_body(exc), ratelimit_headers(principal))
         limits = submission.limits.headers() if submission.limits is not None else ratelimit_headers(principal)
-        return _Submitted(current_schema(), submission.job, stream, include_usage, limits, lease)
+        return _Submitted(current_schema(), submission.job, stream, include_usage, limits, lease, principal)
     finally:
         release_connection()  # the response follows the job's stream, maybe for minutes
 
 
-def _completion_id(job: Job) -> str:
-    return f"chatcmpl-{job.pk.hex}"
-
-
-def _usage(job: Job) -> dict[str, int]:
-    prompt, completion = job.input_tokens or 0, job.output_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _failure(job: Job) -> tuple[int, dict[str, Any]]:
-    """A failed or cancelled job as an OpenAI error: the provider's rate limit stays
-    a 429, its other failures are a 502, a cancel a 409."""
+def _failure(job: Job, headers: dict[str, str] | None = None) -> JsonResponse:
+    """A failed or cancelled job as an OpenAI error (see provider_error_response);
+    a cancel is a 409 that the SDK must not retry (the job it made was cancelled)."""
     if job.status == JobStatus.CANCELLED:
-        return 409, error_body(
-            error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled."
-        )
-    status, error_type = provider_failure_status(provider_status=job.error_status, error_type=job.error_type)
-    return status, error_body(error_type=error_type, code=job.error_type, message=job.error_message)
+        body = error_body(error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled.")
+        return json_error(409, body, {**(headers or {}), NO_RETRY: "false"})
+    return provider_error_response(
+        error_type=job.error_type,
+        status=job.error_status,
+        message=job.error_message,
+        code=job.error_code or None,
+        param=job.error_param or None,
+        headers=headers,
+    )
 
 
 @csrf_exempt  # an API authenticated by bearer key, not a browser form
@@ -149,18 +202,26 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return method_not_allowed()
     # read(), not .body: the edge (aiplatform.asgi.BodyLimit) already held the body to
     # API_MAX_BODY_BYTES, and .body would hold it to DATA_UPLOAD_MAX_MEMORY_SIZE too.
-    submitted = await in_thread(_submit, request.headers.get("Authorization", ""), request.read())
+    submitted = await in_thread(
+        _submit,
+        request.headers.get("Authorization", ""),
+        request.read(),
+        request.headers.get("Idempotency-Key") or None,
+    )
     if isinstance(submitted, JsonResponse):
         return submitted
     schema, job, include_usage, lease = submitted.schema, submitted.job, submitted.include_usage, submitted.lease
     headers = {JOB_ID_HEADER: str(job.pk), **submitted.headers}
     if submitted.stream:
+        stop = _StopIfAbandoned(schema, submitted.principal, job.pk)
         response = StreamingHttpResponse(
-            _chunks(schema, job, include_usage, lease), content_type="text/event-stream", headers=headers
+            _chunks(schema, job, include_usage, lease, stop), content_type="text/event-stream", headers=headers
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         release_on_close(response, lease)
+        closers = getattr(response, "async_closers", [])
+        response.async_closers = [*closers, stop]  # type: ignore[attr-defined]
         return response
     try:
         answer = await _wait_for_answer(request, schema, job, lease)
@@ -172,26 +233,30 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return answer
     pieces, calls, usage, final = answer
     if final["type"] == "error":
-        status, error_type = provider_failure_status(
-            provider_status=final.get("provider_status"), error_type=final["error_type"]
-        )
-        return json_error(
-            status, error_body(error_type=error_type, code=final["error_type"], message=final["message"]), headers
+        return provider_error_response(
+            error_type=final["error_type"],
+            status=final.get("provider_status"),
+            message=final["message"],
+            code=final.get("code"),
+            param=final.get("param"),
+            retry_after=final.get("retry_after"),
+            headers=headers,
         )
     if final["status"] != JobStatus.SUCCEEDED:
-        status, body = _failure(await in_thread(load_job, schema, job.pk))
-        return json_error(status, body, headers)
-    if usage is None:  # served from Postgres (the stream had expired): no usage event
-        usage = _usage(await in_thread(load_job, schema, job.pk))
+        return _failure(await in_thread(load_job, schema, job.pk), headers)
+    if usage is None or usage["cost_usd"] is None:  # served from Postgres, or from the cache at submission
+        usage = job_usage(await in_thread(load_job, schema, job.pk))
+    if usage["cost_usd"] is not None:
+        headers[COST_HEADER] = usage["cost_usd"]
     completion = {
-        "id": _completion_id(job),
+        "id": completion_id(job),
         "object": "chat.completion",
         "created": int(job.created_at.timestamp()),
-        "model": job.model,
+        "model": final.get("model") or job.model,  # the model that answered (a fallback step, a rollout)
         "choices": [
             {
                 "index": 0,
-                "message": _message("".join(pieces), calls),
+                "message": assistant_message("".join(pieces), calls),
                 "finish_reason": final["finish_reason"],
                 "logprobs": None,
             }
@@ -206,13 +271,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 CLIENT_GONE_STATUS = 499
 
 
-async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: StreamLease) -> _Answer | JsonResponse:
+async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: StreamLease) -> Answer | JsonResponse:
     """Wait for the job's text, tool calls, usage and ending, at most V1_WAIT_TIMEOUT_SECONDS
     and only while the client is still there (aiplatform.asgi's StreamHandler sets
     `client_gone`); else the error response. Giving up stops the wait, not the job."""
     if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
         final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
-        return [job.output], job.tool_calls or [], _usage(job), final
+        return [job.output], job.tool_calls or [], job_usage(job), final
     collect = asyncio.ensure_future(_collect(schema, job, lease))
     waits: set[asyncio.Future[Any]] = {collect}
     gone: asyncio.Event | None = getattr(request, "client_gone", None)
@@ -236,10 +301,10 @@ async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: S
         code="timeout",
         message=f"The job is still running after {settings.V1_WAIT_TIMEOUT_SECONDS}s; poll GET /api/v1/jobs/{job.pk}.",
     )
-    return json_error(504, body)
+    return json_error(504, body, {NO_RETRY: "false"})  # a retry would start a second job
 
 
-async def _collect(schema: str, job: Job, lease: StreamLease) -> _Answer:
+async def _collect(schema: str, job: Job, lease: StreamLease) -> Answer:
     """The job's answer assembled from its events (its text, tool calls, usage and
     ending), so a completed call costs no second trip to Postgres."""
     pieces: list[str] = []
@@ -250,72 +315,21 @@ async def _collect(schema: str, job: Job, lease: StreamLease) -> _Answer:
         if kind == "delta":
             pieces.append(event["text"])
         elif kind == "tool_call":
-            _assemble(calls, event)
+            assemble(calls, event)
         elif kind == "fallback":  # the next model starts over
             pieces.clear()
             calls.clear()
         elif kind == "usage":
-            usage = _usage_from_event(event)
+            usage = usage_from_event(event)
         elif kind in ("done", "error"):
             return pieces, calls, usage, event
     raise AssertionError("a job's event stream ends with done or error")
 
 
 # The text pieces, the tool calls, the usage and the closing event of an answer.
-_Answer = tuple[list[str], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]
-
-
-def _assemble(calls: list[dict[str, Any]], event: dict[str, Any]) -> None:
-    """Add a `tool_call` event's piece to the calls (OpenAI's shape)."""
-    index = event["index"]
-    while len(calls) <= index:
-        calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-    call = calls[index]
-    if event.get("id"):
-        call["id"] = event["id"]
-    if event.get("name"):
-        call["function"]["name"] += event["name"]
-    call["function"]["arguments"] += event.get("arguments", "")
-
-
-def _message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The assistant's message: its text (null when it only called tools), its tool calls."""
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return message
-
-
-def _tool_call_delta(event: dict[str, Any]) -> dict[str, Any]:
-    """A `tool_call` event as a chunk's delta: the call's head (id, type, name) with
-    its first piece, argument fragments after."""
-    call: dict[str, Any] = {"index": event["index"]}
-    function: dict[str, Any] = {"arguments": event.get("arguments", "")}
-    if event.get("id"):
-        call["id"], call["type"] = event["id"], "function"
-    if event.get("name"):
-        function["name"] = event["name"]
-    call["function"] = function
-    return {"tool_calls": [call]}
-
-
-def _usage_from_event(event: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = event["input_tokens"], event["output_tokens"]
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _chunk(job: Job, created: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    chunk = {
-        "id": _completion_id(job),
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": job.model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-    }
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
+async def _chunks(
+    schema: str, job: Job, include_usage: bool, lease: StreamLease, stop: _StopIfAbandoned
+) -> AsyncIterator[bytes]:
     """The job's events in OpenAI's chunk format: a role chunk, content chunks, a
     finish chunk, the usage chunk when asked for, then `data: [DONE]`. A failed job
     sends an `error` event (the SDK raises it) and no [DONE]; so does a key revoked
@@ -323,7 +337,9 @@ async def _chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease
     try:
         async for chunk in _job_chunks(schema, job, include_usage, lease):
             yield chunk
+        stop.finished = True  # the stream came to its end (answer or error)
     except KeyRevoked as exc:
+        stop.finished = True  # the key's holder may not stop what it no longer owns
         body = error_body(error_type="invalid_request_error", code="invalid_api_key", message=str(exc))
         yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
     finally:
@@ -332,7 +348,7 @@ async def _chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease
 
 async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
     created = int(time.time())
-    yield _chunk(job, created, {"role": "assistant", "content": ""})
+    yield chunk_bytes(job, created, {"role": "assistant", "content": ""})
     usage: dict[str, int] | None = None
     sent = False  # any content yet
     async for _, event in job_event_stream(schema, job, lease=lease):
@@ -341,10 +357,10 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
             yield b": keep-alive\n\n"
         elif kind == "delta":
             sent = True
-            yield _chunk(job, created, {"content": event["text"]})
+            yield chunk_bytes(job, created, {"content": event["text"]})
         elif kind == "tool_call":
             sent = True
-            yield _chunk(job, created, _tool_call_delta(event))
+            yield chunk_bytes(job, created, tool_call_delta(event))
         elif kind == "fallback":
             if not sent:  # nothing shown yet: the next model's answer streams on seamlessly
                 continue
@@ -359,22 +375,22 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
             return
         elif kind == "usage":
-            usage = _usage_from_event(event)
+            usage = usage_from_event(event)
         elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
-            yield _chunk(job, created, {}, event["finish_reason"] or "stop")
+            yield chunk_bytes(job, created, {}, event["finish_reason"] or "stop")
             if include_usage:
-                if usage is None:  # served from Postgres after the stream expired
-                    usage = _usage(await in_thread(load_job, schema, job.pk))
-                final = {
-                    "id": _completion_id(job),
+                if usage is None or usage["cost_usd"] is None:  # served from Postgres
+                    usage = job_usage(await in_thread(load_job, schema, job.pk))
+                closing: dict[str, Any] = {
+                    "id": completion_id(job),
                     "object": "chat.completion.chunk",
                     "created": created,
-                    "model": job.model,
+                    "model": event.get("model") or job.model,
                     "choices": [],
                     "usage": usage,
                 }
-                yield b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
+                yield b"data: " + json.dumps(closing, separators=(",", ":")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         else:  # error, or done with status cancelled
-            _, body = _failure(await in_thread(load_job, schema, job.pk))
-            yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+            failure = _failure(await in_thread(load_job, schema, job.pk))
+            yield b"data: " + failure.content + b"\n\n"

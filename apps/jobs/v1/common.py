@@ -3,6 +3,7 @@ caller from its bearer key, the body parsed strictly."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.http import JsonResponse
@@ -11,8 +12,14 @@ from apps.accounts.authentication import InvalidKey, principal_from_header
 from apps.accounts.selectors import Principal
 from apps.core.errors import ApiError, error_body
 from apps.core.jsonbody import json_loads
+from apps.llm.providers import REQUEST_ERROR_STATUSES
 
 JOB_ID_HEADER = "x-aip-job-id"
+COST_HEADER = "x-aip-cost-usd"  # what a non-stream call cost (streams: the usage chunk's cost_usd)
+# The SDKs retry 408, 409, 429 and 5xx unless an answer says not to: what is
+# marked with it would only make a second job (the first still runs, or was
+# cancelled), or be refused again (a budget used up).
+NO_RETRY = "x-should-retry"
 
 
 def json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JsonResponse:
@@ -33,12 +40,16 @@ def method_not_allowed() -> JsonResponse:
 
 def as_openai_error(exc: ApiError) -> ApiError:
     """Our refusal as OpenAI answers it: a budget used up is OpenAI's
-    `insufficient_quota` 429 (the SDK raises RateLimitError), holds in flight a
-    short 429 with Retry-After (SDKs retry it)."""
+    `insufficient_quota` 429 (the SDK raises RateLimitError; told not to retry),
+    holds in flight a short 429 with Retry-After (SDKs retry it), and a request
+    no rate limit could ever take a 400 (OpenAI answers no 413 for content)."""
     if exc.code == "budget_exceeded":
         exc.status_code, exc.error_type, exc.code = 429, "insufficient_quota", "insufficient_quota"
+        exc.headers = {**exc.headers, NO_RETRY: "false"}
     elif exc.code == "budget_busy":
         exc.status_code = 429
+    elif exc.code == "rate_limit_too_large":
+        exc.status_code = 400
     return exc
 
 
@@ -50,9 +61,29 @@ def authenticated_body(header: str, raw_body: bytes) -> tuple[Principal, Any]:
     return principal, json_loads(raw_body or b"null")
 
 
-def provider_failure_status(*, provider_status: int | None, error_type: str) -> tuple[int, str]:
-    """(HTTP status, OpenAI error type) for a provider failure: the provider's rate
-    limit stays a 429, a timeout is a 504, anything else a 502."""
-    if provider_status == 429:
-        return 429, "rate_limit_error"
-    return (504 if error_type == "provider_timeout" else 502), "server_error"
+def provider_error_response(
+    *,
+    error_type: str,
+    status: int | None,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    """A provider's failure as OpenAI answers it, so SDKs raise their usual class:
+    a request the provider refused as wrong (400, 413, 422) keeps its status,
+    code, param and message (BadRequestError and kin); its rate limit stays a 429
+    with its Retry-After; a timeout is a 504; anything else (its outage, a key or
+    model name it refused: `upstream_misconfigured`) a 502."""
+    headers = dict(headers or {})
+    if error_type == "provider_error" and status in REQUEST_ERROR_STATUSES:
+        body = error_body(error_type="invalid_request_error", code=code or error_type, message=message, param=param)
+        return json_error(status, body, headers)
+    if status == 429 and error_type == "provider_error":
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        body = error_body(error_type="rate_limit_error", code=code or error_type, message=message)
+        return json_error(429, body, headers)
+    http_status = 504 if error_type == "provider_timeout" else 502
+    return json_error(http_status, error_body(error_type="server_error", code=error_type, message=message), headers)

@@ -19,7 +19,7 @@ from apps.billing.budgets import budget_release, budget_settle
 from apps.billing.models import LedgerKind
 from apps.billing.services import call_cost, ledger_record
 from apps.catalog.selectors import ModelSpec, model_get
-from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body, error_body
+from apps.core.errors import ApiError, InvalidRequest, NotFound, api_error_body
 from apps.core.threads import in_thread
 from apps.llm.providers import ProviderError, embeddings_create
 from apps.llm.tokens import count_text_tokens
@@ -36,7 +36,7 @@ from .common import (
     invalid_key_response,
     json_error,
     method_not_allowed,
-    provider_failure_status,
+    provider_error_response,
 )
 
 # What an embeddings call passes before the provider is called, in order (its
@@ -188,9 +188,14 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
             )
     except ProviderError as exc:
         await in_thread(_embeddings_settle, call, None)
-        status, error_type = provider_failure_status(provider_status=exc.status, error_type=exc.error_type)
-        return json_error(
-            status, error_body(error_type=error_type, code=exc.error_type, message=exc.message), call.headers
+        return provider_error_response(
+            error_type=exc.error_type,
+            status=exc.status,
+            message=exc.message,
+            code=exc.code,
+            param=exc.param,
+            retry_after=exc.retry_after,
+            headers=call.headers,
         )
     await in_thread(_embeddings_settle, call, result)
     return JsonResponse(result, headers=call.headers)
