@@ -270,13 +270,9 @@ def _job_answered(
                 "cached_tokens": result.cached_tokens,
                 "reasoning_tokens": result.reasoning_tokens,
                 "cost_micros": cost,
+                "model": answered.slug,  # the model that answered (a fallback step)
             },
-            {
-                "type": "done",
-                "status": JobStatus.SUCCEEDED.value,
-                "finish_reason": result.finish_reason,
-                "model": answered.slug,
-            },
+            {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
         )
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     # Only the requested model's answers are cached: a fallback's is not what was asked.

@@ -310,6 +310,7 @@ async def _collect(schema: str, job: Job, lease: StreamLease) -> Answer:
     pieces: list[str] = []
     calls: list[dict[str, Any]] = []
     usage: dict[str, Any] | None = None
+    answered: str | None = None
     async for _, event in job_event_stream(schema, job, lease=lease):
         kind = event["type"]
         if kind == "delta":
@@ -320,9 +321,9 @@ async def _collect(schema: str, job: Job, lease: StreamLease) -> Answer:
             pieces.clear()
             calls.clear()
         elif kind == "usage":
-            usage = usage_from_event(event)
+            usage, answered = usage_from_event(event), event.get("model")
         elif kind in ("done", "error"):
-            return pieces, calls, usage, event
+            return pieces, calls, usage, {**event, "model": answered} if answered else event
     raise AssertionError("a job's event stream ends with done or error")
 
 
@@ -349,7 +350,8 @@ async def _chunks(
 async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
     created = int(time.time())
     yield chunk_bytes(job, created, {"role": "assistant", "content": ""})
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
+    answered: str | None = None  # the model that answered, from the usage event
     sent = False  # any content yet
     async for _, event in job_event_stream(schema, job, lease=lease):
         kind = event["type"]
@@ -375,7 +377,7 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
             yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
             return
         elif kind == "usage":
-            usage = usage_from_event(event)
+            usage, answered = usage_from_event(event), event.get("model")
         elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
             yield chunk_bytes(job, created, {}, event["finish_reason"] or "stop")
             if include_usage:
@@ -385,7 +387,7 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
                     "id": completion_id(job),
                     "object": "chat.completion.chunk",
                     "created": created,
-                    "model": event.get("model") or job.model,
+                    "model": answered or job.model,
                     "choices": [],
                     "usage": usage,
                 }
