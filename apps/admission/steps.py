@@ -20,6 +20,7 @@ from apps.core.errors import InvalidRequest, NotFound
 from apps.core.webhooks import webhook_url_check
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
+from apps.llm.capabilities import PROVIDER_EXTRAS, missing
 from apps.llm.content import content_admit
 from apps.llm.tokens import count_message_tokens, count_schema_tokens
 from apps.observability import metrics
@@ -120,6 +121,18 @@ class Size(_Checks):
             )
         admission.input_tokens = input_tokens
         admission.tokens = input_tokens + int(max_tokens or spec.max_output_tokens)
+
+
+class Capabilities(_Checks):
+    """What the request needs that the model cannot take (tools, a JSON schema,
+    reasoning settings, provider extras): a 400 naming the field."""
+
+    def take(self, admission: Admission) -> None:
+        lacking = missing(admission.model_spec, admission.params)
+        if lacking is not None:
+            field, why = lacking
+            code = "unknown_parameter" if field in PROVIDER_EXTRAS else "unsupported_parameter"
+            raise InvalidRequest(why, code=code, param=field)
 
 
 class Webhook(_Checks):

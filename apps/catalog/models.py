@@ -24,6 +24,8 @@ MODALITIES = ("text", "image", "audio", "file")
 # Providers that are servers of one's own: a remote URL in a request would be
 # fetched from inside the operator's network.
 SELF_HOSTED_PROVIDERS = (Provider.VLLM, Provider.OLLAMA, Provider.LLAMA_CPP)
+# Provider extras (vLLM, llama.cpp) a model's catalog entry may allow requests to send.
+PROVIDER_EXTRAS = ("top_k", "min_p", "repetition_penalty", "chat_template_kwargs")
 # OpenAI's largest image (high detail: 8 tiles of 170 tokens, plus 85) for gpt-4o.
 DEFAULT_MAX_TOKENS_PER_PART = 1445
 
@@ -66,6 +68,22 @@ class LLMModel(models.Model):
     )
     output_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), help_text="USD per 1M output tokens"
+    )
+    # What the model can do with a request (checked at admission; a fallback step that
+    # cannot is skipped).
+    supports_tools = models.BooleanField(default=True, help_text="Takes tools and tool_choice.")
+    supports_json_schema = models.BooleanField(
+        default=True, help_text='Takes response_format {"type": "json_schema"} (structured outputs).'
+    )
+    supports_reasoning = models.BooleanField(default=False, help_text="Takes reasoning_effort (a reasoning model).")
+    supports_developer_role = models.BooleanField(
+        default=True, help_text="Knows the developer role; else developer messages are sent as system messages."
+    )
+    extra_params = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Provider extras requests may send (vLLM, llama.cpp): a list of "top_k", "min_p",'
+        ' "repetition_penalty", "chat_template_kwargs".',
     )
     cached_input_price_per_mtok = models.DecimalField(
         max_digits=12,
@@ -119,6 +137,9 @@ class LLMModel(models.Model):
             or any(item not in MODALITIES for item in modalities)
         ):
             raise ValidationError({"input_modalities": f"A list of {', '.join(MODALITIES)}, with text."})
+        extras = self.extra_params
+        if not isinstance(extras, list) or any(item not in PROVIDER_EXTRAS for item in extras):
+            raise ValidationError({"extra_params": f"A list of some of {', '.join(PROVIDER_EXTRAS)}."})
         if self.allow_remote_media and self.provider in SELF_HOSTED_PROVIDERS:
             raise ValidationError(
                 {"allow_remote_media": "A self-hosted provider would fetch remote media from inside your network."}

@@ -33,6 +33,11 @@ class ModelSpec:
     allow_remote_media: bool = False  # http(s) image URLs pass (never for a self-hosted provider)
     job_timeout_seconds: int | None = None  # blank: JOB_DEADLINE_SECONDS
     cached_input_price_per_mtok: Decimal | None = None  # blank: the input price
+    supports_tools: bool = True
+    supports_json_schema: bool = True
+    supports_reasoning: bool = False
+    supports_developer_role: bool = True
+    extra_params: tuple[str, ...] = ()  # provider extras requests may send (top_k, ...)
 
     @property
     def job_timeout(self) -> int:
@@ -64,6 +69,11 @@ def _load_catalog() -> dict[str, ModelSpec]:
             allow_remote_media=row.allow_remote_media and row.provider not in SELF_HOSTED_PROVIDERS,
             job_timeout_seconds=row.job_timeout_seconds,
             cached_input_price_per_mtok=row.cached_input_price_per_mtok,
+            supports_tools=row.supports_tools,
+            supports_json_schema=row.supports_json_schema,
+            supports_reasoning=row.supports_reasoning,
+            supports_developer_role=row.supports_developer_role,
+            extra_params=tuple(row.extra_params or ()),
         )
         for row in LLMModel.objects.all()
     }

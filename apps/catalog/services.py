@@ -20,6 +20,11 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             # A nominal price so local jobs are metered like paid ones.
             "input_price_per_mtok": Decimal("0.010000"),
             "output_price_per_mtok": Decimal("0.020000"),
+            # llama.cpp's server constrains JSON with a grammar; SmolLM2's template has
+            # no tools and no developer role.
+            "supports_tools": False,
+            "supports_developer_role": False,
+            "extra_params": ["top_k", "min_p", "repetition_penalty"],
             "enabled": True,
         },
         {

@@ -178,6 +178,12 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
             choices=["auto", "default", "flex", "priority", "scale", "fast"], required=False
         ),
         "stream_options": StreamOptionsSerializer(required=False),
+        # Provider extras (the SDK's extra_body puts them at the top level): taken
+        # where the model's catalog entry allows them (admission's Capabilities step).
+        "top_k": serializers.IntegerField(required=False, min_value=-1),
+        "min_p": serializers.FloatField(required=False, min_value=0, max_value=1),
+        "repetition_penalty": serializers.FloatField(required=False, min_value=0, max_value=10),
+        "chat_template_kwargs": serializers.DictField(required=False),
     }
 
 
@@ -208,6 +214,10 @@ FORWARDED = (
     "moderation",
     "safety_identifier",
     "user",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "chat_template_kwargs",
 )
 
 # OpenAI's optional fields: null means absent (what SDKs and frameworks send).

@@ -22,6 +22,7 @@ from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, s
 from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get
 from apps.controls.switches import switch_blocking
+from apps.llm.capabilities import missing
 from apps.llm.chain import SEMANTIC_CACHE, Answered, ChainCall, LastResort, chain_run, failure_summary
 from apps.llm.providers import CallStopped, CallWatch, ChatResult, ProviderError
 from apps.observability import metrics
@@ -87,6 +88,9 @@ class JobHost:
         if spec is None or not spec.enabled or switch is not None:
             why = f"switched off: {switch.reason}" if switch is not None else "disabled or no longer in the catalog"
             return ProviderError("model_unavailable", f"Model {name!r} is {why}.")
+        lacking = missing(spec, self.job.params) if step else None  # the requested model was checked at admission
+        if lacking is not None:
+            return ProviderError("model_unavailable", f"Skipped: {lacking[1]}")
         return spec
 
     def delta(self, text: str) -> None:

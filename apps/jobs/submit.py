@@ -23,6 +23,7 @@ from apps.admission.pipeline import Admission, Step, admit
 from apps.admission.steps import (
     BudgetHold,
     Cache,
+    Capabilities,
     Fallbacks,
     Model,
     SingleFlight,
@@ -53,6 +54,7 @@ JOB_ADMISSION: list[Step] = [
     Model(),
     Switches(),
     Size(),
+    Capabilities(),
     Webhook(),
     Fallbacks(),
     Cache(),

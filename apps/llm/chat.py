@@ -16,6 +16,7 @@ import openai
 
 from apps.catalog.selectors import ModelSpec
 
+from .capabilities import PROVIDER_EXTRAS, provider_request
 from .content import content_tokens
 from .providers import (
     CallStopped,
@@ -53,6 +54,7 @@ def chat_stream(
     the text so far."""
     if watch is not None and watch.reason():
         raise CallStopped(watch.reason() or "", sent=False)
+    messages, params = provider_request(spec, messages, params)  # in the provider's dialect
     params_max_tokens = params.get("max_tokens")
     params = {key: value for key, value in params.items() if key != "max_tokens"}
     # OpenAI's own API names it max_completion_tokens (its reasoning models refuse
@@ -94,6 +96,9 @@ def _chat_stream(
     pieces: list[str],
 ) -> ChatResult:
     client = provider_client(spec)
+    # Provider extras are no SDK arguments: they go at the body's top level.
+    sdk_params = {key: value for key, value in params.items() if key not in PROVIDER_EXTRAS}
+    extras = {key: value for key, value in params.items() if key in PROVIDER_EXTRAS}
     text: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -111,7 +116,8 @@ def _chat_stream(
             messages=list(messages),
             stream=True,
             stream_options={"include_usage": True},
-            **dict(params),
+            **sdk_params,
+            extra_body=extras or None,
         ) as response:
             if watch is not None:
                 watch.attach(_interrupter(response))

@@ -17,6 +17,8 @@ from django_tenants.utils import tenant_context
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel
 
+from apps.catalog.models import LLMModel
+from apps.catalog.selectors import catalog_cache_clear
 from apps.jobs.models import Job
 from tests.support import Personas, http_client, job_until_final, sse_events
 
@@ -160,6 +162,37 @@ def test_json_mode(sdk: openai.OpenAI):
 
 
 def test_every_chat_completions_parameter_is_taken_and_forwarded(sdk: openai.OpenAI, upstream):
+    LLMModel.objects.filter(slug="local-small").update(supports_reasoning=True)  # it takes reasoning_effort
+    catalog_cache_clear()
+    try:
+        _create_with_every_parameter(sdk)
+    finally:
+        LLMModel.objects.filter(slug="local-small").update(supports_reasoning=False)
+        catalog_cache_clear()
+    sent = _sent(upstream)
+    for name, value in {
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.5,
+        "logit_bias": {"50256": -100},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "seed": 1,
+        "stop": ["\n\n"],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "user": "end-user-1",
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "prompt_cache_key": "k1",
+        "safety_identifier": "s1",
+    }.items():
+        assert sent[name] == value, name
+    # The allowance, under the one name this model's provider takes.
+    assert [sent.get(name) for name in ("max_tokens", "max_completion_tokens") if name in sent] == [30]
+    assert "tools" not in sent and "store" not in sent and "service_tier" not in sent and "metadata" not in sent
+
+
+def _create_with_every_parameter(sdk: openai.OpenAI) -> None:
     sdk.chat.completions.create(
         model="local-small",
         messages=[{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hello"}],
@@ -185,27 +218,6 @@ def test_every_chat_completions_parameter_is_taken_and_forwarded(sdk: openai.Ope
         stream_options=None,
         extra_body={"tools": None, "tool_choice": None, "response_format": None},  # nulls: absent
     )
-    sent = _sent(upstream)
-    for name, value in {
-        "frequency_penalty": 0.5,
-        "presence_penalty": -0.5,
-        "logit_bias": {"50256": -100},
-        "logprobs": True,
-        "top_logprobs": 2,
-        "seed": 1,
-        "stop": ["\n\n"],
-        "temperature": 0.2,
-        "top_p": 0.9,
-        "user": "end-user-1",
-        "reasoning_effort": "low",
-        "verbosity": "low",
-        "prompt_cache_key": "k1",
-        "safety_identifier": "s1",
-    }.items():
-        assert sent[name] == value, name
-    # The allowance, under the one name this model's provider takes.
-    assert [sent.get(name) for name in ("max_tokens", "max_completion_tokens") if name in sent] == [30]
-    assert "tools" not in sent and "store" not in sent and "service_tier" not in sent and "metadata" not in sent
 
 
 @pytest.mark.parametrize(

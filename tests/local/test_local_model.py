@@ -127,3 +127,23 @@ def test_a_paraphrase_is_answered_from_the_semantic_cache_with_the_local_embedde
     with tenant_context(alice.tenant):
         assert LedgerEntry.objects.filter(kind=LedgerKind.CHARGE).count() == 3
         assert LedgerEntry.objects.filter(kind=LedgerKind.CACHED).count() == 1
+
+
+def test_a_json_schema_gets_valid_json_from_the_local_model(
+    smollm, worker, platform_server, committed_personas: Personas
+):
+    """llama.cpp's server constrains the output with a grammar built from the
+    schema (the provider adapter sends it in that server's dialect): SmolLM2's
+    answer parses and has the schema's fields and types."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema, "strict": True}}
+    with http_client(platform_server, committed_personas.alice.key, timeout=30) as client:
+        job = _submit(client, PROMPT, temperature=0, max_tokens=64, response_format=response_format)
+    assert job["status"] == "succeeded", job["error"]
+    answer = json.loads(job["output"])
+    assert set(answer) == {"city", "population"}
+    assert isinstance(answer["city"], str) and isinstance(answer["population"], int)

@@ -1,0 +1,48 @@
+"""What a model can take, from its catalog entry, and what a provider is sent:
+the request in the provider's own dialect.
+
+`missing` is the one check of a request against a model's capabilities:
+admission refuses the requested model with it (400 naming the field), and the
+call chain skips a fallback step with it instead of failing the job.
+`provider_request` is the one translation: a developer message becomes a
+system message for a model that lacks the role, and llama.cpp's server takes a
+JSON schema as `{"type": "json_object", "schema": ...}`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from apps.catalog.models import PROVIDER_EXTRAS, Provider
+from apps.catalog.selectors import ModelSpec
+
+__all__ = ["PROVIDER_EXTRAS", "missing", "provider_request"]
+
+
+def missing(spec: ModelSpec, params: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(the field, why) for the first thing in `params` the model cannot take."""
+    if params.get("tools") and not spec.supports_tools:
+        return "tools", f"{spec.slug} does not take tools."
+    if (params.get("response_format") or {}).get("type") == "json_schema" and not spec.supports_json_schema:
+        return "response_format", f"{spec.slug} does not take a JSON schema (structured outputs); try json_object."
+    if params.get("reasoning_effort") is not None and not spec.supports_reasoning:
+        return "reasoning_effort", f"{spec.slug} is not a reasoning model."
+    for extra in PROVIDER_EXTRAS:
+        if extra in params and extra not in spec.extra_params:
+            return extra, f"Unknown parameter '{extra}' for {spec.slug} (its catalog entry allows none of that name)."
+    return None
+
+
+def provider_request(
+    spec: ModelSpec, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
+    """The messages and parameters as this model's provider takes them."""
+    out_messages: list[Mapping[str, Any]] = list(messages)
+    if not spec.supports_developer_role and any(m.get("role") == "developer" for m in messages):
+        out_messages = [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+    out_params = dict(params)
+    fmt = out_params.get("response_format") or {}
+    if spec.provider == Provider.LLAMA_CPP and fmt.get("type") == "json_schema":
+        # llama-cpp-python's server constrains the output with a grammar built from this.
+        out_params["response_format"] = {"type": "json_object", "schema": (fmt.get("json_schema") or {}).get("schema")}
+    return out_messages, out_params
