@@ -38,7 +38,8 @@ Control API (for tests, never behind the API key):
                              requests hanging on a timeout fault answer 503
   POST /_control/configure   {"latency_ms", "chunk_delay_ms", "stream_usage",
                               "nonstream_usage", "reply", "embedding_aliases",
-                              "error_rates", "usage_details"} (any subset)
+                              "error_rates", "usage_details", "reasoning"}
+                             (any subset)
   POST /_control/faults      {"faults": [fault, ...]} appended to a queue. A fault:
                              kind "error" (default) | "timeout" | "cut_stream";
                              model (null = any); status (default 500); message,
@@ -124,6 +125,9 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     # {"cached_tokens": n, "reasoning_tokens": m}: what usage details report (a
     # prompt cache hit, a reasoning model), for tests of their pricing.
     "usage_details": (dict,),
+    # A reasoning model's thinking, streamed as `reasoning_content` before the answer
+    # (vLLM's and DeepSeek's field), and in a non-stream message.
+    "reasoning": (str, type(None)),
 }
 _FAULT_KINDS = ("error", "timeout", "cut_stream")
 _FAULT_ENDPOINTS = ("chat", "embeddings", "any")
@@ -464,6 +468,7 @@ class UpstreamApp:
             "embedding_aliases": {},
             "error_rates": {},
             "usage_details": {},
+            "reasoning": None,
         }
         self._ids = itertools.count(1)
         self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
@@ -489,6 +494,7 @@ class UpstreamApp:
         self.embedding_aliases: dict[str, str] = dict(s["embedding_aliases"])
         self.error_rates: dict[str, float] = dict(s["error_rates"])
         self.usage_details: dict[str, int] = dict(s["usage_details"])
+        self.reasoning: str | None = s["reasoning"]
         self._error_rng = random.Random(7)
         self.faults: list[_Fault] = []
         self.total = 0
@@ -514,6 +520,7 @@ class UpstreamApp:
             "embedding_aliases": self.embedding_aliases,
             "error_rates": self.error_rates,
             "usage_details": self.usage_details,
+            "reasoning": self.reasoning,
         }
 
     def configure(self, **kw: Any) -> None:
@@ -745,6 +752,8 @@ class UpstreamApp:
             }
             if tool_calls:
                 message["tool_calls"] = tool_calls
+            if self.reasoning:
+                message["reasoning_content"] = self.reasoning
             payload: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion",
@@ -801,7 +810,11 @@ class UpstreamApp:
             + b"null"
             + tail
         )
-        chunks = [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
+        chunks = [
+            head + b'{"reasoning_content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail
+            for p in _WORD_RE.findall(self.reasoning or "")
+        ]
+        chunks += [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
         for index, call in enumerate(tool_calls or []):
             opening = {
                 "index": index,

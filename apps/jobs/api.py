@@ -59,6 +59,7 @@ def job_representation(
         "flags": job.flags,
         "output": job.output,
         "tool_calls": job.tool_calls,
+        "reasoning": job.reasoning or None,
         "finish_reason": job.finish_reason,
         "usage": usage,
         "cost_usd": usd_string(job.cost_micros),
@@ -161,6 +162,9 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     flags = serializers.DictField(child=serializers.CharField(), help_text='flags that decided: {key: "on" | "off"}')
     output = serializers.CharField()
     tool_calls = ToolCallSchema(many=True, allow_null=True, help_text="the tool calls the model answered with")
+    reasoning = serializers.CharField(
+        allow_null=True, help_text="a reasoning model's thinking, where its server sent it"
+    )
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)
     cost_usd = serializers.CharField(

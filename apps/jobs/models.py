@@ -84,6 +84,7 @@ class Job(models.Model):
     # Of input_tokens, what the provider's prompt cache served; of output_tokens, reasoning.
     cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning = models.TextField(blank=True)  # a reasoning model's thinking, where its server sent it
 
     # Completion webhook: where the final state is POSTed (the request's, or the tenant's default).
     webhook_url = models.URLField(max_length=2000, blank=True)

@@ -117,6 +117,7 @@ def job_answer_charge(
                 output_tokens=result.output_tokens,
                 cached_input_tokens=result.cached_tokens,
                 reasoning_tokens=result.reasoning_tokens,
+                reasoning=result.reasoning,
                 usage_estimated=result.usage_estimated,
                 provider_latency_ms=result.latency_ms,
                 response_model=result.response_model,

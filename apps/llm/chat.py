@@ -100,6 +100,7 @@ def _chat_stream(
     sdk_params = {key: value for key, value in params.items() if key not in PROVIDER_EXTRAS}
     extras = {key: value for key, value in params.items() if key in PROVIDER_EXTRAS}
     text: list[str] = []
+    thinking: list[str] = []  # reasoning_content (vLLM, DeepSeek) or reasoning (OpenRouter)
     calls: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
     finish_reason: str | None = None
@@ -140,6 +141,9 @@ def _chat_stream(
                     usage = chunk["usage"]
                 for choice in (chunk.get("choices") or [])[:1]:
                     delta = choice.get("delta") or {}
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thought, str) and thought:
+                        thinking.append(thought)
                     piece = delta.get("content")
                     if piece:
                         if first_chunk is None:
@@ -204,6 +208,7 @@ def _chat_stream(
         response_id=response_id,
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
         tool_calls=tool_calls,
+        reasoning="".join(thinking),
         cached_tokens=0 if estimated else int(details_in.get("cached_tokens") or 0),
         reasoning_tokens=0 if estimated else int(details_out.get("reasoning_tokens") or 0),
     )

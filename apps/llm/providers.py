@@ -176,6 +176,7 @@ class ChatResult:
     response_id: str
     first_chunk_s: float | None = None  # from sending the request to the first text
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: [{id, type, function: {name, arguments}}]
+    reasoning: str = ""  # a reasoning model's thinking, where its server streams it (reasoning_content)
     cached_tokens: int = 0  # of input_tokens, what the provider's prompt cache served
     reasoning_tokens: int = 0  # of output_tokens, what a reasoning model thought
 
@@ -198,7 +199,16 @@ def openai_client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
 
 
 def provider_client(spec: ModelSpec) -> openai.OpenAI:
-    return openai_client(spec.base_url, provider_api_key(spec), float(settings.LLM_REQUEST_TIMEOUT_SECONDS))
+    return openai_client(spec.base_url, provider_api_key(spec), read_timeout(spec))
+
+
+def read_timeout(spec: ModelSpec) -> float:
+    """How long a call may wait for the provider's next bytes: LLM_REQUEST_TIMEOUT_SECONDS,
+    meant for a stalled stream; a reasoning model may think silently for minutes
+    before its first token, so it gets its whole job deadline (the job's own
+    deadline watch still stops it there)."""
+    timeout = float(settings.LLM_REQUEST_TIMEOUT_SECONDS)
+    return max(timeout, float(spec.job_timeout)) if spec.supports_reasoning else timeout
 
 
 # Async clients hold connections bound to one event loop: one per (loop, provider).

@@ -124,3 +124,23 @@ def test_the_demo_catalog_says_its_local_model_takes_json_schemas_and_no_tools(d
     row = LLMModel.objects.get(slug="local-small")
     assert row.provider == "llama.cpp"
     assert (row.supports_tools, row.supports_json_schema, row.supports_developer_role) == (False, True, False)
+
+
+def test_a_reasoning_model_may_think_past_the_stall_timeout_and_its_thinking_is_kept(
+    worker, committed_personas: Personas, local_small, upstream, settings
+):
+    """LLM_REQUEST_TIMEOUT_SECONDS ends a stalled stream; a reasoning model that
+    is silent for longer before its first token is not stalled: it may take its
+    job's deadline. What it streams as reasoning_content is kept on the job."""
+    settings.LLM_REQUEST_TIMEOUT_SECONDS = 1
+    settings.LLM_MAX_RETRIES = 0
+    upstream.configure(latency_ms=2500, reasoning="First I weigh the options.")
+    alice = committed_personas.alice
+    body = {"model": "local-small", "messages": ASK}
+    stalled = job_until_final(alice.client(), alice.client().post("/api/v1/jobs", body, format="json").json()["id"])
+    assert stalled["status"] == "failed" and stalled["error"]["type"] == "provider_timeout"
+    _edit(local_small, supports_reasoning=True)
+    thought = job_until_final(alice.client(), alice.client().post("/api/v1/jobs", body, format="json").json()["id"])
+    assert thought["status"] == "succeeded", thought["error"]
+    assert thought["reasoning"] == "First I weigh the options."
+    assert thought["output"] == "Echo: hello capabilities"
