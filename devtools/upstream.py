@@ -228,6 +228,14 @@ def _usage(prompt: int, completion: int, details: dict[str, int] | None = None) 
 
 
 ARGUMENT_FRAGMENT = 8  # characters per streamed tool-call arguments fragment
+REFUSE_MARK = "[refuse]"  # a user message with this is refused (structured-output refusals)
+REFUSAL = "I can't help with that."
+
+
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    """A fixed logprob entry for a piece of the answer (and its `top` alternatives)."""
+    entry = {"token": token, "logprob": -0.25, "bytes": list(token.encode())}
+    return {**entry, "top_logprobs": [entry, {"token": "x", "logprob": -3.0, "bytes": [120]}][: max(0, top)]}
 
 
 def _instance(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
@@ -729,8 +737,12 @@ class UpstreamApp:
         reply = _tool_results(messages) or _structured(body, last_user)
         if reply is None:
             reply = self.reply if self.reply is not None else "Echo: " + last_user
-        pieces = [] if tool_calls else _WORD_RE.findall(reply)
+        refusing = not tool_calls and REFUSE_MARK in last_user
+        refusal = _WORD_RE.findall(REFUSAL) if refusing else []
+        pieces = [] if tool_calls or refusing else _WORD_RE.findall(reply)
         finish = "tool_calls" if tool_calls else "stop"
+        top = body["top_logprobs"] if isinstance(body.get("top_logprobs"), int) else 0
+        logprobs = [_logprob(p, top) for p in pieces] if body.get("logprobs") is True else None
         if limit is not None and len(pieces) > limit:
             pieces = pieces[:limit]
             finish = "length"
@@ -740,14 +752,14 @@ class UpstreamApp:
             for index, call in enumerate(tool_calls or [])
             for at in range(0, len(call["function"]["arguments"]), ARGUMENT_FRAGMENT)
         ]
-        completion_tokens = len(pieces) + len(fragments)
+        completion_tokens = len(pieces) + len(fragments) + len(refusal)
         created = int(time.time())
         headers = [(b"x-request-id", ("req_" + cid[9:]).encode())]
         if not stream:
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": None if tool_calls else "".join(pieces),
-                "refusal": None,
+                "content": None if tool_calls or refusing else "".join(pieces),
+                "refusal": "".join(refusal) or None,
                 "annotations": [],
             }
             if tool_calls:
@@ -759,7 +771,14 @@ class UpstreamApp:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
+                        "finish_reason": finish,
+                    }
+                ],
                 "system_fingerprint": FINGERPRINT,
             }
             if self.nonstream_usage:
@@ -814,7 +833,20 @@ class UpstreamApp:
             head + b'{"reasoning_content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail
             for p in _WORD_RE.findall(self.reasoning or "")
         ]
-        chunks += [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
+        chunks += [head + b'{"refusal":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in refusal]
+        if logprobs is None:
+            chunks += [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
+        else:
+            chunks += [
+                head
+                + b'{"content":'
+                + _enc_str(p).encode()
+                + b'},"logprobs":'
+                + _dumps({"content": [entry], "refusal": None}).encode()
+                + b',"finish_reason":null'
+                + tail
+                for p, entry in zip(pieces, logprobs, strict=True)
+            ]
         for index, call in enumerate(tool_calls or []):
             opening = {
                 "index": index,

@@ -53,6 +53,8 @@ class CachedAnswer:
     response_model: str
     created: str  # ISO 8601, when the answer was made
     tool_calls: list[dict[str, Any]] | None = None  # a tool-call answer's calls, replayed as they were
+    refusal: str = ""
+    logprobs: list[dict[str, Any]] | None = None
 
 
 def _check(key: str) -> str:

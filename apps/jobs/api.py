@@ -60,6 +60,8 @@ def job_representation(
         "output": job.output,
         "tool_calls": job.tool_calls,
         "reasoning": job.reasoning or None,
+        "refusal": job.refusal or None,
+        "logprobs": job.logprobs,
         "finish_reason": job.finish_reason,
         "usage": usage,
         "cost_usd": usd_string(job.cost_micros),
@@ -164,6 +166,10 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     tool_calls = ToolCallSchema(many=True, allow_null=True, help_text="the tool calls the model answered with")
     reasoning = serializers.CharField(
         allow_null=True, help_text="a reasoning model's thinking, where its server sent it"
+    )
+    refusal = serializers.CharField(allow_null=True, help_text="the model declined: its words, instead of output")
+    logprobs = serializers.ListField(
+        child=serializers.DictField(), allow_null=True, help_text="OpenAI's logprobs.content entries, when asked for"
     )
     finish_reason = serializers.CharField()
     usage = UsageSchema(allow_null=True)

@@ -3,8 +3,8 @@
 One Redis Stream per job, `aip:<schema>:job:<id>` (tenant-scoped by key). Entries
 carry one JSON field `d`: `delta` (text), `tool_call` (a piece of a tool call:
 index, the id and name with its first piece, a fragment of its arguments),
-`fallback`, `usage`, `done` (final status, finish reason) or `error` (type,
-message). Deltas are coalesced: at most one entry per
+`refusal` (text), `logprobs` (entries), `fallback`, `usage`, `done` (final
+status, finish reason) or `error` (type, message). Deltas are coalesced: at most one entry per
 JOB_STREAM_COALESCE_MS per job, so a thousand concurrent streams do not mean tens
 of thousands of writes a second. Each stream is capped (MAXLEN ~) and every
 append sets its expiry in the same round trip: while the job runs, the longest a
@@ -86,9 +86,9 @@ class EventRelay:
         if time.monotonic() - self.last_flush >= self.window:
             self.flush()
 
-    def tool_call(self, fragment: dict[str, Any]) -> None:
-        """A piece of a tool call ({index, id?, name?, arguments}), coalesced like text."""
-        self.buffer.append(fragment)
+    def part(self, part: dict[str, Any]) -> None:
+        """A typed piece (a tool call's, a refusal's, logprobs), coalesced like text."""
+        self.buffer.append(part)
         if time.monotonic() - self.last_flush >= self.window:
             self.flush()
 
@@ -118,25 +118,42 @@ class EventRelay:
 def coalesce(pieces: list[str | dict[str, Any]]) -> list[dict[str, Any]]:
     """Buffered pieces as events, in order: adjacent text is one `delta`, adjacent
     argument fragments of one tool call one `tool_call` (a new id or name starts
-    a new event, so a listener sees each call's head once)."""
+    a new event, so a listener sees each call's head once), adjacent refusal text
+    one `refusal`, logprobs one `logprobs`. Text and its logprobs arrive
+    interleaved (a token, its logprob): each merges past the other, so a window
+    of them is two events, not one per token."""
     events: list[dict[str, Any]] = []
     for piece in pieces:
         last = events[-1] if events else None
+        kind = "delta" if isinstance(piece, str) else piece["type"]
+        if kind in ("delta", "logprobs") and len(events) >= 2 and last is not None:
+            other = "logprobs" if kind == "delta" else "delta"
+            if last["type"] == other and events[-2]["type"] == kind:
+                last = events[-2]  # merge past the interleaved other kind
+                if isinstance(piece, str):
+                    last["text"] += piece
+                else:
+                    last["content"] = [*last["content"], *piece["content"]]
+                continue
         if isinstance(piece, str):
             if last is not None and last["type"] == "delta":
                 last["text"] += piece
             else:
                 events.append({"type": "delta", "text": piece})
-        elif (
-            last is not None
-            and last["type"] == "tool_call"
-            and last["index"] == piece["index"]
-            and "id" not in piece
-            and "name" not in piece
-        ):
-            last["arguments"] += piece["arguments"]
-        else:
-            events.append({"type": "tool_call", **piece})
+            continue
+        same = last is not None and last["type"] == kind
+        if same and kind == "tool_call" and last is not None:
+            same = last["index"] == piece["index"] and "id" not in piece and "name" not in piece
+            if same:
+                last["arguments"] += piece["arguments"]
+                continue
+        elif same and kind == "refusal" and last is not None:
+            last["text"] += piece["text"]
+            continue
+        elif same and kind == "logprobs" and last is not None:
+            last["content"] = [*last["content"], *piece["content"]]
+            continue
+        events.append(dict(piece))
     return events
 
 
@@ -152,6 +169,16 @@ def tool_call_events(tool_calls: list[dict[str, Any]] | None) -> list[dict[str, 
         }
         for index, call in enumerate(tool_calls or [])
     ]
+
+
+def answer_parts(job: Any) -> list[dict[str, Any]]:
+    """A stored answer's refusal and logprobs as the events a stream carried."""
+    parts: list[dict[str, Any]] = []
+    if job.refusal:
+        parts.append({"type": "refusal", "text": job.refusal})
+    if job.logprobs:
+        parts.append({"type": "logprobs", "content": job.logprobs})
+    return parts
 
 
 def live_ttl_seconds() -> int:

@@ -96,8 +96,8 @@ class JobHost:
     def delta(self, text: str) -> None:
         self.relay.delta(text)
 
-    def tool_call(self, fragment: dict[str, Any]) -> None:
-        self.relay.tool_call(fragment)
+    def part(self, part: dict[str, Any]) -> None:
+        self.relay.part(part)
 
     def event(self, event: dict[str, Any]) -> None:
         self.relay.event(event)
@@ -290,6 +290,8 @@ def _job_answered(
             response_model=result.response_model,
             created=timezone.now().isoformat(),
             tool_calls=result.tool_calls,
+            refusal=result.refusal,
+            logprobs=result.logprobs,
         )
         if plan.key:
             exact_put(

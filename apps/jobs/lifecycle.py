@@ -24,7 +24,7 @@ from apps.observability import metrics
 from apps.tenants.db import current_schema
 
 from .enqueue import job_enqueue, job_revoke
-from .events import EventRelay, job_events_close, tool_call_events
+from .events import EventRelay, answer_parts, job_events_close, tool_call_events
 from .models import Job, JobStatus
 from .selectors import job_get
 from .settlement import job_tokens_settle
@@ -40,6 +40,8 @@ _ANSWER_FIELDS = (
     "cache_similarity",
     "output",
     "tool_calls",
+    "refusal",
+    "logprobs",
     "finish_reason",
     "input_tokens",
     "output_tokens",
@@ -62,6 +64,8 @@ def answer_fill(job: Job, answer: CachedAnswer, *, kind: str = "exact", similari
     job.cache_similarity = similarity
     job.output = answer.output
     job.tool_calls = answer.tool_calls
+    job.refusal = answer.refusal
+    job.logprobs = answer.logprobs
     job.finish_reason = answer.finish_reason
     job.input_tokens = answer.input_tokens
     job.output_tokens = answer.output_tokens
@@ -76,6 +80,7 @@ def answer_events(job: Job) -> tuple[dict[str, Any], ...]:
     return (
         {"type": "delta", "text": job.output},
         *tool_call_events(job.tool_calls),
+        *answer_parts(job),
         {
             "type": "usage",
             "input_tokens": job.input_tokens,

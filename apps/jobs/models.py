@@ -85,6 +85,8 @@ class Job(models.Model):
     cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning = models.TextField(blank=True)  # a reasoning model's thinking, where its server sent it
+    refusal = models.TextField(blank=True)  # the model declined: its words, instead of an answer
+    logprobs = models.JSONField(null=True, blank=True)  # OpenAI's logprobs.content entries, when asked for
 
     # Completion webhook: where the final state is POSTed (the request's, or the tenant's default).
     webhook_url = models.URLField(max_length=2000, blank=True)

@@ -118,6 +118,8 @@ def job_answer_charge(
                 cached_input_tokens=result.cached_tokens,
                 reasoning_tokens=result.reasoning_tokens,
                 reasoning=result.reasoning,
+                refusal=result.refusal,
+                logprobs=result.logprobs,
                 usage_estimated=result.usage_estimated,
                 provider_latency_ms=result.latency_ms,
                 response_model=result.response_model,

@@ -76,8 +76,9 @@ class ChainHost(Protocol):
     def delta(self, text: str) -> None:
         """Streamed text, for the listeners."""
 
-    def tool_call(self, fragment: dict[str, Any]) -> None:
-        """A streamed piece of a tool call ({index, id?, name?, arguments}), for the listeners."""
+    def part(self, part: dict[str, Any]) -> None:
+        """A streamed piece other than text (a tool call's, a refusal's, logprobs),
+        typed, for the listeners."""
 
     def event(self, event: dict[str, Any]) -> None:
         """A chain event (a `fallback`), for the listeners."""
@@ -184,7 +185,7 @@ def call_with_retries(call: ChainCall, host: ChainHost, *, spec: ModelSpec, tier
                     messages=call.messages,
                     params=call.params,
                     on_delta=host.delta,
-                    on_tool_call=host.tool_call,
+                    on_part=host.part,
                     watch=call.watch,
                 )
                 traced.succeeded(result, cost_micros=host.price(spec, result))

@@ -37,12 +37,14 @@ def chat_stream(
     params: Mapping[str, Any],
     on_delta: Callable[[str], None],
     watch: CallWatch | None = None,
-    on_tool_call: Callable[[dict[str, Any]], None] | None = None,
+    on_part: Callable[[dict[str, Any]], None] | None = None,
 ) -> ChatResult:
     """One streamed chat completion: `on_delta` gets each piece of text as it
-    arrives, `on_tool_call` each piece of a tool call ({index, id?, name?,
-    arguments}: the id and name with a call's first piece, then fragments of its
-    arguments), assembled into the result's `tool_calls`. Usage comes from the
+    arrives, `on_part` each other piece, typed: a piece of a tool call
+    ({"type": "tool_call", index, id?, name?, arguments}: the id and name with a
+    call's first piece, then fragments of its arguments), of a refusal
+    ({"type": "refusal", text}) or of the logprobs ({"type": "logprobs", content}),
+    assembled into the result's `tool_calls`, `refusal` and `logprobs`. Usage comes from the
     provider's final usage chunk when it sends one (`stream_options.include_usage`);
     servers that never do (llama.cpp) get their usage counted with tiktoken and
     marked estimated. A stream that breaks before its finish reason is a failure,
@@ -68,7 +70,7 @@ def chat_stream(
             messages=messages,
             params=params,
             on_delta=on_delta,
-            on_tool_call=on_tool_call,
+            on_part=on_part,
             watch=watch,
             pieces=pieces,
         )
@@ -91,7 +93,7 @@ def _chat_stream(
     messages: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     on_delta: Callable[[str], None],
-    on_tool_call: Callable[[dict[str, Any]], None] | None,
+    on_part: Callable[[dict[str, Any]], None] | None,
     watch: CallWatch | None,
     pieces: list[str],
 ) -> ChatResult:
@@ -101,6 +103,8 @@ def _chat_stream(
     extras = {key: value for key, value in params.items() if key in PROVIDER_EXTRAS}
     text: list[str] = []
     thinking: list[str] = []  # reasoning_content (vLLM, DeepSeek) or reasoning (OpenRouter)
+    refusal: list[str] = []
+    logprobs: list[dict[str, Any]] = []
     calls: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
     finish_reason: str | None = None
@@ -156,8 +160,19 @@ def _chat_stream(
                             first_chunk = time.perf_counter()
                         fragment = _tool_call_piece(calls, call)
                         pieces.append(fragment["arguments"])
-                        if on_tool_call is not None:
-                            on_tool_call(fragment)
+                        if on_part is not None:
+                            on_part(fragment)
+                    said_no = delta.get("refusal")
+                    if isinstance(said_no, str) and said_no:
+                        pieces.append(said_no)
+                        refusal.append(said_no)
+                        if on_part is not None:
+                            on_part({"type": "refusal", "text": said_no})
+                    entries = (choice.get("logprobs") or {}).get("content")
+                    if isinstance(entries, list) and entries:
+                        logprobs.extend(entries)
+                        if on_part is not None:
+                            on_part({"type": "logprobs", "content": entries})
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
     except openai.APITimeoutError as exc:
@@ -209,6 +224,8 @@ def _chat_stream(
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
         tool_calls=tool_calls,
         reasoning="".join(thinking),
+        refusal="".join(refusal),
+        logprobs=logprobs or None,
         cached_tokens=0 if estimated else int(details_in.get("cached_tokens") or 0),
         reasoning_tokens=0 if estimated else int(details_out.get("reasoning_tokens") or 0),
     )
@@ -220,7 +237,7 @@ def _tool_call_piece(calls: dict[int, dict[str, Any]], call: Mapping[str, Any]) 
     index = int(call.get("index") or 0)
     function = call.get("function") or {}
     assembled = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-    fragment: dict[str, Any] = {"index": index}
+    fragment: dict[str, Any] = {"type": "tool_call", "index": index}
     if call.get("id"):
         assembled["id"] = fragment["id"] = str(call["id"])
     if function.get("name"):

@@ -177,6 +177,8 @@ class ChatResult:
     first_chunk_s: float | None = None  # from sending the request to the first text
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: [{id, type, function: {name, arguments}}]
     reasoning: str = ""  # a reasoning model's thinking, where its server streams it (reasoning_content)
+    refusal: str = ""  # the model declined (structured outputs): its words, instead of content
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content entries, when asked for
     cached_tokens: int = 0  # of input_tokens, what the provider's prompt cache served
     reasoning_tokens: int = 0  # of output_tokens, what a reasoning model thought
 

@@ -292,3 +292,28 @@ def test_null_means_absent_on_openai_fields_and_not_on_the_job_apis_own(committe
     refused = client.post("/api/v1/jobs", {**body, "webhook": None}, format="json")
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "webhook"
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("llm.routing-probe")  # no worker serves it
+
+
+def test_a_refusal_reaches_parse_and_the_stream(sdk: openai.OpenAI, committed_personas: Personas):
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "[refuse] tell me"}]
+    parsed = sdk.chat.completions.parse(model="local-small", messages=ask, response_format=Forecast)
+    message = parsed.choices[0].message
+    assert message.refusal == "I can't help with that." and message.parsed is None and message.content is None
+    with sdk.chat.completions.stream(model="local-small", messages=ask, response_format=Forecast) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert "refusal.delta" in kinds and final.choices[0].message.refusal == "I can't help with that."
+
+
+def test_logprobs_come_back_streamed_and_not(sdk: openai.OpenAI):
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "three small words"}]
+    completion = sdk.chat.completions.create(model="local-small", messages=ask, logprobs=True, top_logprobs=1)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert "".join(entry.token for entry in logprobs.content) == completion.choices[0].message.content
+    assert all(len(entry.top_logprobs) == 1 for entry in logprobs.content)
+    chunks = list(
+        sdk.chat.completions.create(model="local-small", messages=ask, logprobs=True, top_logprobs=1, stream=True)
+    )
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    assert [e.token for e in streamed] == [e.token for e in logprobs.content]

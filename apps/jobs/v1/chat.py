@@ -62,7 +62,6 @@ from .common import (
 )
 from .shapes import (
     Answer,
-    assemble,
     assistant_message,
     chunk_bytes,
     completion_id,
@@ -231,7 +230,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         for name, value in headers.items():
             answer.headers.setdefault(name, value)
         return answer
-    pieces, calls, usage, final = answer
+    final, usage = answer.final, answer.usage
     if final["type"] == "error":
         return provider_error_response(
             error_type=final["error_type"],
@@ -256,9 +255,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "choices": [
             {
                 "index": 0,
-                "message": assistant_message("".join(pieces), calls),
+                "message": assistant_message("".join(answer.pieces), answer.calls, "".join(answer.refusal)),
                 "finish_reason": final["finish_reason"],
-                "logprobs": None,
+                "logprobs": {"content": answer.logprobs, "refusal": None} if answer.logprobs else None,
             }
         ],
         "usage": usage,
@@ -277,7 +276,14 @@ async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: S
     `client_gone`); else the error response. Giving up stops the wait, not the job."""
     if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
         final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
-        return [job.output], job.tool_calls or [], job_usage(job), final
+        return Answer(
+            final,
+            pieces=[job.output],
+            calls=job.tool_calls or [],
+            refusal=[job.refusal] if job.refusal else [],
+            logprobs=job.logprobs or [],
+            usage=job_usage(job),
+        )
     collect = asyncio.ensure_future(_collect(schema, job, lease))
     waits: set[asyncio.Future[Any]] = {collect}
     gone: asyncio.Event | None = getattr(request, "client_gone", None)
@@ -305,29 +311,17 @@ async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: S
 
 
 async def _collect(schema: str, job: Job, lease: StreamLease) -> Answer:
-    """The job's answer assembled from its events (its text, tool calls, usage and
-    ending), so a completed call costs no second trip to Postgres."""
-    pieces: list[str] = []
-    calls: list[dict[str, Any]] = []
-    usage: dict[str, Any] | None = None
-    answered: str | None = None
+    """The job's answer assembled from its events (its text, tool calls, refusal,
+    logprobs, usage and ending), so a completed call costs no second trip to Postgres."""
+    answer = Answer({})
     async for _, event in job_event_stream(schema, job, lease=lease):
-        kind = event["type"]
-        if kind == "delta":
-            pieces.append(event["text"])
-        elif kind == "tool_call":
-            assemble(calls, event)
-        elif kind == "fallback":  # the next model starts over
-            pieces.clear()
-            calls.clear()
-        elif kind == "usage":
-            usage, answered = usage_from_event(event), event.get("model")
-        elif kind in ("done", "error"):
-            return pieces, calls, usage, {**event, "model": answered} if answered else event
+        if event["type"] in ("done", "error"):
+            answer.final = {**event, **({"model": answer.final["model"]} if "model" in answer.final else {})}
+            return answer
+        answer.take(event)
     raise AssertionError("a job's event stream ends with done or error")
 
 
-# The text pieces, the tool calls, the usage and the closing event of an answer.
 async def _chunks(
     schema: str, job: Job, include_usage: bool, lease: StreamLease, stop: _StopIfAbandoned
 ) -> AsyncIterator[bytes]:
@@ -363,6 +357,11 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
         elif kind == "tool_call":
             sent = True
             yield chunk_bytes(job, created, tool_call_delta(event))
+        elif kind == "refusal":
+            sent = True
+            yield chunk_bytes(job, created, {"refusal": event["text"]})
+        elif kind == "logprobs":
+            yield chunk_bytes(job, created, {}, logprobs={"content": event["content"], "refusal": None})
         elif kind == "fallback":
             if not sent:  # nothing shown yet: the next model's answer streams on seamlessly
                 continue

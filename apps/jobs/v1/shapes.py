@@ -5,6 +5,7 @@ the usage object with its details and cost, one chunk."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from apps.billing.money import usd_string
@@ -41,7 +42,38 @@ def openai_usage(
     }
 
 
-Answer = tuple[list[str], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]
+@dataclass
+class Answer:
+    """An answer assembled from a job's events: its text pieces, tool calls,
+    refusal, logprobs, usage and closing event."""
+
+    final: dict[str, Any]
+    pieces: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+
+    def take(self, event: dict[str, Any]) -> None:
+        """One event of the answer's stream (not its closing one)."""
+        kind = event["type"]
+        if kind == "delta":
+            self.pieces.append(event["text"])
+        elif kind == "tool_call":
+            assemble(self.calls, event)
+        elif kind == "refusal":
+            self.refusal.append(event["text"])
+        elif kind == "logprobs":
+            self.logprobs.extend(event["content"])
+        elif kind == "fallback":  # the next model starts over
+            self.pieces.clear()
+            self.calls.clear()
+            self.refusal.clear()
+            self.logprobs.clear()
+        elif kind == "usage":
+            self.usage = usage_from_event(event)
+            if event.get("model"):
+                self.final = {**self.final, "model": event["model"]}
 
 
 def assemble(calls: list[dict[str, Any]], event: dict[str, Any]) -> None:
@@ -57,9 +89,11 @@ def assemble(calls: list[dict[str, Any]], event: dict[str, Any]) -> None:
     call["function"]["arguments"] += event.get("arguments", "")
 
 
-def assistant_message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The assistant's message: its text (null when it only called tools), its tool calls."""
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+def assistant_message(text: str, calls: list[dict[str, Any]], refusal: str = "") -> dict[str, Any]:
+    """The assistant's message: its text (null when it only called tools or
+    declined), its tool calls, its refusal."""
+    empty = None if calls or refusal else ""
+    message: dict[str, Any] = {"role": "assistant", "content": text or empty, "refusal": refusal or None}
     if calls:
         message["tool_calls"] = calls
     return message
@@ -88,12 +122,18 @@ def usage_from_event(event: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def chunk_bytes(job: Job, created: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+def chunk_bytes(
+    job: Job,
+    created: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> bytes:
     chunk = {
         "id": completion_id(job),
         "object": "chat.completion.chunk",
         "created": created,
         "model": job.model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
