@@ -154,13 +154,23 @@ def deterministic(params: dict[str, Any]) -> bool:
     return params.get("temperature") == 0 or params.get("top_p") == 0
 
 
+# Parameters sent to the provider that do not change its answer (who the end user
+# is, how the provider caches the prompt): left out of the exact key, so they do
+# not split identical requests into separate entries.
+ANSWER_NEUTRAL = frozenset(
+    {"user", "safety_identifier", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"}
+)
+
+
 def exact_hash(
     *, tenant_schema: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any], owner: str = ""
 ) -> str:
     """SHA-256 of the canonical request: the tenant, the model, the messages and
-    every parameter passed to the provider (all of them change the output), and
-    the owner when entries are per user (Policy.owner)."""
-    fields: dict[str, Any] = {"tenant": tenant_schema, "model": model, "messages": messages, "params": params}
+    every parameter passed to the provider that changes the output (tools,
+    response_format, seed, logprobs, sampling, reasoning settings, extras: all but
+    ANSWER_NEUTRAL), and the owner when entries are per user (Policy.owner)."""
+    answer_params = {key: value for key, value in params.items() if key not in ANSWER_NEUTRAL}
+    fields: dict[str, Any] = {"tenant": tenant_schema, "model": model, "messages": messages, "params": answer_params}
     if owner:  # only then: per-tenant keys stay what they were
         fields["owner"] = owner
     canonical = json.dumps(

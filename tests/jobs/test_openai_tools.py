@@ -317,3 +317,14 @@ def test_logprobs_come_back_streamed_and_not(sdk: openai.OpenAI):
     )
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
     assert [e.token for e in streamed] == [e.token for e in logprobs.content]
+
+
+def test_the_exact_cache_keys_on_what_changes_the_answer_and_not_on_who_asks(sdk: openai.OpenAI, upstream):
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "cache key check"}]
+    sdk.chat.completions.create(model="local-small", messages=ask, temperature=0, user="end-user-1")
+    calls = _calls(upstream)
+    again = sdk.chat.completions.create(model="local-small", messages=ask, temperature=0, user="end-user-2")
+    assert _calls(upstream) == calls  # another end user, the same answer: from the cache
+    assert again.choices[0].message.content == "Echo: cache key check"
+    sdk.chat.completions.create(model="local-small", messages=ask, temperature=0, seed=3)
+    assert _calls(upstream) == calls + 1  # a seed may change the answer: its own entry
