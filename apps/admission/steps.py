@@ -61,6 +61,12 @@ class Model(_Checks):
 
     def take(self, admission: Admission) -> None:
         spec = model_get(admission.model)
+        if spec is not None and spec.enabled and not spec.supports_chat:
+            raise InvalidRequest(
+                f"{spec.slug} does not serve chat completions (GET /v1/models says what each model serves).",
+                code="unsupported_model",
+                param="model",
+            )
         if spec is None or not spec.enabled:
             available = ", ".join(sorted(s.slug for s in models_enabled())) or "none"
             raise InvalidRequest(

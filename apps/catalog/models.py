@@ -71,6 +71,11 @@ class LLMModel(models.Model):
     )
     # What the model can do with a request (checked at admission; a fallback step that
     # cannot is skipped).
+    supports_chat = models.BooleanField(default=True, help_text="Serves /v1/chat/completions and jobs.")
+    supports_embeddings = models.BooleanField(default=True, help_text="Serves /v1/embeddings.")
+    embedding_token_input = models.BooleanField(
+        default=False, help_text="Its embeddings take token ids as input (OpenAI's do; most servers' do not)."
+    )
     supports_tools = models.BooleanField(default=True, help_text="Takes tools and tool_choice.")
     supports_json_schema = models.BooleanField(
         default=True, help_text='Takes response_format {"type": "json_schema"} (structured outputs).'

@@ -33,6 +33,9 @@ class ModelSpec:
     allow_remote_media: bool = False  # http(s) image URLs pass (never for a self-hosted provider)
     job_timeout_seconds: int | None = None  # blank: JOB_DEADLINE_SECONDS
     cached_input_price_per_mtok: Decimal | None = None  # blank: the input price
+    supports_chat: bool = True
+    supports_embeddings: bool = True
+    embedding_token_input: bool = False
     supports_tools: bool = True
     supports_json_schema: bool = True
     supports_reasoning: bool = False
@@ -69,6 +72,9 @@ def _load_catalog() -> dict[str, ModelSpec]:
             allow_remote_media=row.allow_remote_media and row.provider not in SELF_HOSTED_PROVIDERS,
             job_timeout_seconds=row.job_timeout_seconds,
             cached_input_price_per_mtok=row.cached_input_price_per_mtok,
+            supports_chat=row.supports_chat,
+            supports_embeddings=row.supports_embeddings,
+            embedding_token_input=row.embedding_token_input,
             supports_tools=row.supports_tools,
             supports_json_schema=row.supports_json_schema,
             supports_reasoning=row.supports_reasoning,

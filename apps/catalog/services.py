@@ -24,6 +24,7 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             # no tools and no developer role.
             "supports_tools": False,
             "supports_developer_role": False,
+            "supports_embeddings": False,  # the demo's llama.cpp server is started for chat
             "extra_params": ["top_k", "min_p", "repetition_penalty"],
             "enabled": True,
         },
@@ -38,6 +39,7 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "output_price_per_mtok": Decimal("10.000000"),
             "input_modalities": ["text", "image"],
             "max_tokens_per_part": 1445,  # 85 + 8 tiles x 170 (high detail)
+            "supports_embeddings": False,
             # Off until an operator sets OPENAI_API_KEY and enables it.
             "enabled": False,
         },
@@ -51,6 +53,7 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "input_price_per_mtok": Decimal("0.150000"),
             "output_price_per_mtok": Decimal("0.600000"),
             "input_modalities": ["text", "image"],
+            "supports_embeddings": False,
             "max_tokens_per_part": 48169,  # 2833 + 8 tiles x 5667: gpt-4o-mini counts images so
             "enabled": False,
         },

@@ -144,3 +144,31 @@ def test_a_reasoning_model_may_think_past_the_stall_timeout_and_its_thinking_is_
     assert thought["status"] == "succeeded", thought["error"]
     assert thought["reasoning"] == "First I weigh the options."
     assert thought["output"] == "Echo: hello capabilities"
+
+
+def test_models_say_what_they_serve_and_the_endpoints_hold_them_to_it(
+    platform_server, worker, committed_personas: Personas, local_small, upstream
+):
+    import openai
+
+    sdk = openai.OpenAI(
+        base_url=f"{platform_server.url}/v1", api_key=committed_personas.alice.key, max_retries=0, timeout=20
+    )
+    listed = {model.id: (model.model_extra or {})["capabilities"] for model in sdk.models.list()}
+    assert listed["local-small"]["chat"] is True and listed["local-small"]["embeddings"] is True
+    assert listed["local-small"]["input_modalities"] == ["text"]
+    # Token ids only where the model takes them.
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.embeddings.create(model="local-small", input=[[1, 2, 3]])
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "input"
+    _edit(local_small, embedding_token_input=True)
+    assert len(sdk.embeddings.create(model="local-small", input=[[1, 2, 3]]).data) == 1
+    # A chat-only model refuses embeddings; an embeddings-only model refuses chat.
+    _edit(local_small, supports_embeddings=False)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.embeddings.create(model="local-small", input="hello")
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "unsupported_model"
+    _edit(local_small, supports_embeddings=True, supports_chat=False)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="local-small", messages=ASK)  # type: ignore[arg-type]
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "unsupported_model"

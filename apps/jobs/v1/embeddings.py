@@ -158,6 +158,19 @@ def _embeddings_spec(body: Any) -> tuple[ModelSpec, dict[str, Any]]:
             code="model_not_found",
             param="model",
         )
+    if not spec.supports_embeddings:
+        raise InvalidRequest(
+            f"{spec.slug} does not serve embeddings (GET /v1/models says what each model serves).",
+            code="unsupported_model",
+            param="model",
+        )
+    item = body["input"][0] if isinstance(body["input"], list) else body["input"]
+    if not isinstance(item, str) and not spec.embedding_token_input:
+        raise InvalidRequest(
+            f"{spec.slug} takes text, not token ids: send the input as strings.",
+            code="unsupported_input",
+            param="input",
+        )
     return spec, body
 
 
