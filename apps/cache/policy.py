@@ -187,7 +187,7 @@ def semantic_allowed(params: dict[str, Any]) -> bool:
     for tools or a structured answer (a text answer, or another request's tool
     calls, is not what it asked for)."""
     response_format = params.get("response_format") or {}
-    return not params.get("tools") and response_format.get("type", "text") == "text"
+    return not (params.get("tools") or params.get("functions")) and response_format.get("type", "text") == "text"
 
 
 def cache_plan(

@@ -73,6 +73,20 @@ class ToolChoiceField(serializers.Field[Any, Any, Any, Any]):
         return value
 
 
+class FunctionCallChoiceField(serializers.Field[Any, Any, Any, Any]):
+    """The legacy function_call: "none", "auto", or {"name": ...}."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if data in ("none", "auto"):
+            return data
+        if isinstance(data, dict) and set(data) == {"name"} and isinstance(data["name"], str):
+            return {"name": data["name"]}
+        raise _error('Must be "none", "auto", or {"name": "..."}.')
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class JsonSchemaSerializer(StrictSerializer):
     null_means_absent = frozenset({"description", "schema", "strict"})
 
@@ -141,6 +155,9 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
     serializer declares itself)."""
     return {
         "tools": ToolSerializer(many=True, required=False, max_length=MAX_TOOLS),  # type: ignore[call-arg]
+        # The legacy pair (before tools): sent to providers as tools, answered as function_call.
+        "functions": FunctionSerializer(many=True, required=False, max_length=MAX_TOOLS),  # type: ignore[call-arg]
+        "function_call": FunctionCallChoiceField(required=False),
         "tool_choice": ToolChoiceField(required=False),
         "parallel_tool_calls": serializers.BooleanField(required=False),
         "response_format": ResponseFormatSerializer(required=False),
@@ -194,6 +211,8 @@ FORWARDED = (
     "stop",
     "tools",
     "tool_choice",
+    "functions",
+    "function_call",
     "parallel_tool_calls",
     "response_format",
     "seed",
@@ -246,6 +265,13 @@ def chat_checks(data: dict[str, Any]) -> None:
         fail("max_completion_tokens", "Send max_tokens or max_completion_tokens, not both.")
     if "top_logprobs" in data and not data.get("logprobs"):
         fail("top_logprobs", "top_logprobs needs logprobs: true.")
+    if data.get("functions") and data.get("tools"):
+        fail("functions", "Send tools or the legacy functions, not both.")
+    if "function_call" in data and not data.get("functions"):
+        fail("function_call", "function_call needs functions.")
+    call = data.get("function_call")
+    if isinstance(call, dict) and call["name"] not in {f["name"] for f in data.get("functions") or []}:
+        fail("function_call", f"function_call names {call['name']!r}, which is not among the functions.")
     if "tool_choice" in data and not data.get("tools"):
         fail("tool_choice", "tool_choice needs tools.")
     if "parallel_tool_calls" in data and not data.get("tools"):

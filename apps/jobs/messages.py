@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
 from rest_framework import serializers
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # function: the legacy tool role
 TOOL_NAME = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
 MAX_TOOL_CALLS = 128
 MAX_ARGUMENTS_LENGTH = 1_000_000
@@ -191,13 +191,16 @@ class ToolCallSerializer(StrictSerializer):
 
 
 class MessageSerializer(StrictSerializer):
-    null_means_absent = frozenset({"name", "tool_call_id", "tool_calls", "refusal", "annotations", "audio"})
+    null_means_absent = frozenset(
+        {"name", "tool_call_id", "tool_calls", "function_call", "refusal", "annotations", "audio"}
+    )
 
     role = serializers.ChoiceField(choices=ROLES)
     content = ContentField(allow_null=True)
     name = serializers.CharField(required=False, max_length=64)
     tool_call_id = serializers.CharField(required=False, max_length=256)
     tool_calls = ToolCallSerializer(many=True, required=False, max_length=MAX_TOOL_CALLS)  # type: ignore[call-arg]
+    function_call = FunctionCallSerializer(required=False)  # the legacy single call
     refusal = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     # What a response's message carries and clients send back with the conversation
     # (the SDK's message objects): taken, and not forwarded (providers refuse them).
@@ -226,13 +229,22 @@ class MessageSerializer(StrictSerializer):
                         f"Only user messages may carry {part['type']} parts.",
                         "unsupported_content",
                     )
-        if content is None and not (role == "assistant" and (attrs.get("tool_calls") or "refusal" in attrs)):
+        calls = attrs.get("tool_calls") or attrs.get("function_call")
+        if content is None and not (role == "assistant" and (calls or "refusal" in attrs)):
             raise serializers.ValidationError(
                 {"content": [serializers.ErrorDetail("This field may not be null.", code="null")]}
             )
         if "tool_calls" in attrs and role != "assistant":
             raise serializers.ValidationError(
                 {"tool_calls": [serializers.ErrorDetail("Only assistant messages carry tool calls.", code="invalid")]}
+            )
+        if "function_call" in attrs and role != "assistant":
+            raise serializers.ValidationError(
+                {"function_call": [serializers.ErrorDetail("Only assistant messages carry a function call.")]}
+            )
+        if role == "function" and not attrs.get("name"):
+            raise serializers.ValidationError(
+                {"name": [serializers.ErrorDetail("A function message needs the name of the function.", "required")]}
             )
         if role == "tool" and not attrs.get("tool_call_id"):
             raise serializers.ValidationError(

@@ -16,13 +16,20 @@ from typing import Any
 from apps.catalog.models import PROVIDER_EXTRAS, Provider
 from apps.catalog.selectors import ModelSpec
 
-__all__ = ["PROVIDER_EXTRAS", "missing", "provider_request"]
+__all__ = ["PROVIDER_EXTRAS", "legacy_functions", "missing", "provider_request"]
+
+
+def legacy_functions(params: Mapping[str, Any]) -> bool:
+    """The request used the legacy functions: it is answered with function_call."""
+    return bool(params.get("functions"))
 
 
 def missing(spec: ModelSpec, params: Mapping[str, Any]) -> tuple[str, str] | None:
     """(the field, why) for the first thing in `params` the model cannot take."""
     if params.get("tools") and not spec.supports_tools:
         return "tools", f"{spec.slug} does not take tools."
+    if params.get("functions") and not spec.supports_tools:
+        return "functions", f"{spec.slug} does not take functions (tools)."
     if (params.get("response_format") or {}).get("type") == "json_schema" and not spec.supports_json_schema:
         return "response_format", f"{spec.slug} does not take a JSON schema (structured outputs); try json_object."
     if params.get("reasoning_effort") is not None and not spec.supports_reasoning:
@@ -41,8 +48,39 @@ def provider_request(
     if not spec.supports_developer_role and any(m.get("role") == "developer" for m in messages):
         out_messages = [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
     out_params = dict(params)
+    if "functions" in out_params:
+        out_messages, out_params = _functions_as_tools(out_messages, out_params)
     fmt = out_params.get("response_format") or {}
     if spec.provider == Provider.LLAMA_CPP and fmt.get("type") == "json_schema":
         # llama-cpp-python's server constrains the output with a grammar built from this.
         out_params["response_format"] = {"type": "json_object", "schema": (fmt.get("json_schema") or {}).get("schema")}
     return out_messages, out_params
+
+
+def _functions_as_tools(
+    messages: list[Mapping[str, Any]], params: dict[str, Any]
+) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
+    """The legacy functions as tools (what every provider takes now): `functions`
+    become function tools, `function_call` the tool_choice, an assistant's
+    function_call a tool call, and a `function` message the tool result that
+    answers it (an id of ours ties the two)."""
+    params = dict(params)
+    params["tools"] = [{"type": "function", "function": f} for f in params.pop("functions")]
+    choice = params.pop("function_call", None)
+    if isinstance(choice, dict):
+        params["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif choice is not None:
+        params["tool_choice"] = choice
+    converted: list[Mapping[str, Any]] = []
+    last_id = ""
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant" and message.get("function_call"):
+            last_id = f"call_legacy_{index}"
+            call = message["function_call"]
+            rest = {k: v for k, v in message.items() if k != "function_call"}
+            converted.append({**rest, "tool_calls": [{"id": last_id, "type": "function", "function": dict(call)}]})
+        elif message.get("role") == "function":
+            converted.append({"role": "tool", "tool_call_id": last_id, "content": message.get("content") or ""})
+        else:
+            converted.append(message)
+    return converted, params

@@ -110,7 +110,10 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], encoding: str = 
         total += count_text_tokens(message_text(message.get("content")), encoding)
         if message.get("name"):
             total += TOKENS_PER_NAME + count_text_tokens(str(message["name"]), encoding)
-        for call in message.get("tool_calls") or ():
+        for call in [
+            *(message.get("tool_calls") or ()),
+            *([{"function": message["function_call"]}] if message.get("function_call") else []),
+        ]:
             function = call.get("function") or {}
             total += count_text_tokens(f"{function.get('name', '')}{function.get('arguments', '')}", encoding)
     return total
@@ -121,8 +124,9 @@ def count_schema_tokens(params: Mapping[str, Any], encoding: str = CL100K) -> in
     providers put them in the prompt. Counted as their JSON, a fair estimate of
     every provider's rendering of them."""
     total = 0
-    if params.get("tools"):
-        total += count_text_tokens(json.dumps(params["tools"], separators=(",", ":")), encoding)
+    for definitions in ("tools", "functions"):
+        if params.get(definitions):
+            total += count_text_tokens(json.dumps(params[definitions], separators=(",", ":")), encoding)
     schema = (params.get("response_format") or {}).get("json_schema")
     if schema:
         total += count_text_tokens(json.dumps(schema, separators=(",", ":")), encoding)

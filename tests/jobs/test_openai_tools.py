@@ -232,6 +232,9 @@ def _create_with_every_parameter(sdk: openai.OpenAI) -> None:
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"top_logprobs": 3}, "top_logprobs"),
+        ({"tools": [WEATHER], "functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages.0.name"),
         ({"n": 2}, "n"),
         ({"store": True}, "store"),
         ({"service_tier": "priority"}, "service_tier"),
@@ -328,3 +331,35 @@ def test_the_exact_cache_keys_on_what_changes_the_answer_and_not_on_who_asks(sdk
     assert again.choices[0].message.content == "Echo: cache key check"
     sdk.chat.completions.create(model="local-small", messages=ask, temperature=0, seed=3)
     assert _calls(upstream) == calls + 1  # a seed may change the answer: its own entry
+
+
+def test_the_legacy_functions_are_sent_as_tools_and_answered_as_function_call(sdk: openai.OpenAI, upstream):
+    function: Any = {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "get_weather in Oslo"}]
+    first = sdk.chat.completions.create(model="local-small", messages=ask, functions=[function], function_call="auto")
+    choice = first.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call is not None and choice.message.function_call.name == "get_weather"
+    assert json.loads(choice.message.function_call.arguments) == {"city": "get_weather in Oslo"}
+    sent = _sent(upstream)
+    assert sent["tools"] == [{"type": "function", "function": function}] and sent["tool_choice"] == "auto"
+    assert "functions" not in sent and "function_call" not in sent
+    # Streamed: delta.function_call pieces.
+    chunks = list(sdk.chat.completions.create(model="local-small", messages=ask, functions=[function], stream=True))
+    calls = [c.choices[0].delta.function_call for c in chunks if c.choices and c.choices[0].delta.function_call]
+    assert calls[0] is not None and calls[0].name == "get_weather"
+    assert "".join(c.arguments or "" for c in calls if c) == choice.message.function_call.arguments
+    # The result goes back as a function message: the provider gets a tool result tied to the call.
+    history: list[Any] = [
+        *ask,
+        {"role": "assistant", "content": None, "function_call": choice.message.function_call.model_dump()},
+        {"role": "function", "name": "get_weather", "content": "rain"},
+    ]
+    final = sdk.chat.completions.create(model="local-small", messages=history, functions=[function])
+    assert final.choices[0].message.content == "Tool results: rain"
+    sent = _sent(upstream)
+    assert sent["messages"][1]["tool_calls"][0]["id"] == sent["messages"][2]["tool_call_id"]
+    assert sent["messages"][2]["role"] == "tool"

@@ -37,6 +37,7 @@ from apps.core.errors import (
     validation_error_body,
 )
 from apps.core.threads import in_thread
+from apps.llm.capabilities import legacy_functions
 from apps.ratelimit.limits import (
     ratelimit_headers,
 )
@@ -62,10 +63,13 @@ from .common import (
 )
 from .shapes import (
     Answer,
+    as_function_call,
     assistant_message,
     chunk_bytes,
     completion_id,
+    function_call_delta,
     job_usage,
+    legacy_finish,
     tool_call_delta,
     usage_from_event,
 )
@@ -247,6 +251,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         usage = job_usage(await in_thread(load_job, schema, job.pk))
     if usage["cost_usd"] is not None:
         headers[COST_HEADER] = usage["cost_usd"]
+    message = assistant_message("".join(answer.pieces), answer.calls, "".join(answer.refusal))
+    legacy = legacy_functions(job.params)  # asked with the legacy functions: answered with function_call
+    if legacy:
+        message = as_function_call(message)
     completion = {
         "id": completion_id(job),
         "object": "chat.completion",
@@ -255,8 +263,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "choices": [
             {
                 "index": 0,
-                "message": assistant_message("".join(answer.pieces), answer.calls, "".join(answer.refusal)),
-                "finish_reason": final["finish_reason"],
+                "message": message,
+                "finish_reason": legacy_finish(final["finish_reason"]) if legacy else final["finish_reason"],
                 "logprobs": {"content": answer.logprobs, "refusal": None} if answer.logprobs else None,
             }
         ],
@@ -356,7 +364,12 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
             yield chunk_bytes(job, created, {"content": event["text"]})
         elif kind == "tool_call":
             sent = True
-            yield chunk_bytes(job, created, tool_call_delta(event))
+            if legacy_functions(job.params):
+                delta = function_call_delta(event)
+                if delta is not None:
+                    yield chunk_bytes(job, created, delta)
+            else:
+                yield chunk_bytes(job, created, tool_call_delta(event))
         elif kind == "refusal":
             sent = True
             yield chunk_bytes(job, created, {"refusal": event["text"]})
@@ -378,7 +391,8 @@ async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamL
         elif kind == "usage":
             usage, answered = usage_from_event(event), event.get("model")
         elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
-            yield chunk_bytes(job, created, {}, event["finish_reason"] or "stop")
+            finish = event["finish_reason"] or "stop"
+            yield chunk_bytes(job, created, {}, legacy_finish(finish) if legacy_functions(job.params) else finish)
             if include_usage:
                 if usage is None or usage["cost_usd"] is None:  # served from Postgres
                     usage = job_usage(await in_thread(load_job, schema, job.pk))

@@ -137,3 +137,27 @@ def chunk_bytes(
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def as_function_call(message: dict[str, Any]) -> dict[str, Any]:
+    """A message with tool calls as the legacy functions answer it: the first call
+    as `function_call` (the legacy API has one call per answer)."""
+    calls = message.pop("tool_calls", None)
+    if calls:
+        message["function_call"] = dict(calls[0]["function"])
+    return message
+
+
+def function_call_delta(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A `tool_call` event as the legacy stream's delta.function_call (the first
+    call's pieces only), or None for the pieces of any other call."""
+    if event["index"] != 0:
+        return None
+    call: dict[str, Any] = {"arguments": event.get("arguments", "")}
+    if event.get("name"):
+        call["name"] = event["name"]
+    return {"function_call": call}
+
+
+def legacy_finish(finish_reason: str | None) -> str | None:
+    return "function_call" if finish_reason == "tool_calls" else finish_reason
