@@ -4,11 +4,13 @@ of OpenAI's, see chat_params.py and messages.py) and the job API's own options
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from .chat_params import FORWARDED, NULLABLE, chat_checks, chat_fields
 from .messages import MessageSerializer, StrictSerializer
@@ -85,8 +87,25 @@ class JobCreateSerializer(StrictSerializer):
         child=serializers.CharField(max_length=64), required=False, max_length=8, allow_empty=True
     )
 
+    def known_names(self) -> frozenset[str]:
+        return _KNOWN
+
     def get_fields(self) -> dict[str, Any]:
-        return {**super().get_fields(), **chat_fields()}
+        """Only the fields the request sends (and those it must, or that have a
+        default): building all of OpenAI's fields for every request, most of them
+        absent, cost more than the rest of its validation. Without data (the
+        OpenAPI schema) every field."""
+        data = getattr(self, "initial_data", None)
+        if not isinstance(data, dict):
+            return {**super().get_fields(), **copy.deepcopy(_CHAT_FIELDS)}
+        sent = {name for name, value in data.items() if not (value is None and name in NULLABLE)}
+        fields = {
+            name: copy.deepcopy(field)
+            for name, field in self._declared_fields.items()
+            if name in sent or field.required or field.default is not empty
+        }
+        fields.update({name: copy.deepcopy(_CHAT_FIELDS[name]) for name in sent & _CHAT_FIELDS.keys()})
+        return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         chat_checks(attrs)
@@ -149,3 +168,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return value
+
+
+# Built once: each request deep-copies the few it sends.
+_CHAT_FIELDS = chat_fields()
+_KNOWN = frozenset(JobCreateSerializer._declared_fields) | frozenset(_CHAT_FIELDS)
