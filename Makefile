@@ -48,6 +48,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout; a few minutes)
 	$(PY) -m bench.cache
 	$(PY) -m bench.semantic
 	$(PY) -m bench.semantic_quality
+	$(PY) -m bench.validation
 	$(PY) -m bench.local_model
 	$(PY) -m bench.fallback
 	$(PY) -m bench.observability
