@@ -17,7 +17,7 @@ from django.utils import timezone
 from apps.billing.services import call_cost
 from apps.cache.embedder import EmbedderError, PromptTooLong
 from apps.cache.exact import CachedAnswer, exact_get, exact_put
-from apps.cache.policy import CacheMode, CachePlan, policy_for, semantic_allowed
+from apps.cache.policy import CacheMode, CachePlan, Policy, policy_for, semantic_allowed
 from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
 from apps.cache.stats import cache_count
 from apps.catalog.selectors import ModelSpec, model_get
@@ -110,20 +110,9 @@ class JobHost:
         job = self.job
         policy = policy_for(current_schema())
         priced_as = self.spec or model_get(job.model)
-        if policy.embedder is None or priced_as is None:
+        if priced_as is None:
             return None
-        try:
-            lookup = semantic_lookup(
-                policy=policy,
-                embedder=policy.embedder,
-                model=job.model,
-                messages=job.messages,
-                params=job.params,
-                user_id=job.user_id,
-            )
-        except (EmbedderError, DatabaseError) as exc:
-            logger.warning("semantic cache (last tier) failed for job %s: %s", job.pk, exc)
-            return None
+        lookup = _semantic_lookup(job, policy, when="as the last tier")
         if lookup is None or lookup.hit is None:
             return None
         return LastResort(lookup.hit.answer, lookup.hit.similarity, tier, priced_as)
@@ -345,21 +334,7 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
             return answer, "exact", None, None
     if not plan.semantic:
         return None, "", None, None
-    policy = policy_for(schema)
-    if policy.embedder is None:
-        return None, "", None, None
-    try:
-        lookup = semantic_lookup(
-            policy=policy,
-            embedder=policy.embedder,
-            model=job.model,
-            messages=job.messages,
-            params=job.params,
-            user_id=job.user_id,
-        )
-    except (EmbedderError, DatabaseError) as exc:
-        logger.warning("semantic cache lookup failed for job %s, calling the model: %s", job.pk, exc)
-        return None, "", None, None
+    lookup = _semantic_lookup(job, policy_for(schema), when="before the call (the model is called)")
     if lookup is None:
         return None, "", None, None
     cache_count(schema=schema, field="semantic_hit" if lookup.hit else "semantic_miss", lookup_ms=lookup.elapsed_ms)
@@ -374,6 +349,26 @@ def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, st
     if lookup.hit is not None:
         return lookup.hit.answer, "semantic", lookup.hit.similarity, lookup
     return None, "", None, lookup
+
+
+def _semantic_lookup(job: Job, policy: Policy, *, when: str) -> SemanticLookup | None:
+    """The tenant's semantic cache asked for this job's request; None when there
+    is no embedder, the prompt has no key, or the lookup failed (logged: cache
+    trouble never fails a job)."""
+    if policy.embedder is None:
+        return None
+    try:
+        return semantic_lookup(
+            policy=policy,
+            embedder=policy.embedder,
+            model=job.model,
+            messages=job.messages,
+            params=job.params,
+            user_id=job.user_id,
+        )
+    except (EmbedderError, DatabaseError) as exc:
+        logger.warning("semantic cache lookup %s failed for job %s: %s", when, job.pk, exc)
+        return None
 
 
 def _semantic_write(*, job: Job, lookup: SemanticLookup | None, answer: CachedAnswer) -> None:
