@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 # Slugs become queue names (`llm.<slug>`) and appear in URLs: keep them plain.
@@ -26,8 +26,21 @@ MODALITIES = ("text", "image", "audio", "file")
 SELF_HOSTED_PROVIDERS = (Provider.VLLM, Provider.OLLAMA, Provider.LLAMA_CPP)
 # Provider extras (vLLM, llama.cpp) a model's catalog entry may allow requests to send.
 PROVIDER_EXTRAS = ("top_k", "min_p", "repetition_penalty", "chat_template_kwargs")
+# OpenAI's largest n.
+MAX_N = 128
+# The service tiers OpenAI's API names; "auto" and "default" are every model's.
+SERVICE_TIERS = ("auto", "default", "flex", "priority", "scale", "fast")
 # OpenAI's largest image (high detail: 8 tiles of 170 tokens, plus 85) for gpt-4o.
 DEFAULT_MAX_TOKENS_PER_PART = 1445
+
+
+def _positive_decimal(value: object) -> bool:
+    from decimal import InvalidOperation
+
+    try:
+        return isinstance(value, str) and Decimal(value).is_finite() and Decimal(value) > 0
+    except InvalidOperation:
+        return False
 
 
 def text_only() -> list[str]:
@@ -90,6 +103,23 @@ class LLMModel(models.Model):
         help_text='Provider extras requests may send (vLLM, llama.cpp): a list of "top_k", "min_p",'
         ' "repetition_penalty", "chat_template_kwargs".',
     )
+    max_n = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_N)],
+        help_text="The most choices (n) one request may ask of it (vLLM and OpenAI take n; llama.cpp and Ollama"
+        " answer one). 1: a request with n above 1 is refused.",
+    )
+    allows_store = models.BooleanField(
+        default=False,
+        help_text="Forward store: true (the provider keeps the completion, in the account the platform calls"
+        " with); else a request with store: true is refused.",
+    )
+    service_tiers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The service tiers requests may ask for beyond "auto" and "default", each with its price as a'
+        ' multiple of the catalog prices, e.g. {"flex": "0.5", "priority": "2"}. Empty: only auto and default.',
+    )
     cached_input_price_per_mtok = models.DecimalField(
         max_digits=12,
         decimal_places=6,
@@ -145,6 +175,16 @@ class LLMModel(models.Model):
         extras = self.extra_params
         if not isinstance(extras, list) or any(item not in PROVIDER_EXTRAS for item in extras):
             raise ValidationError({"extra_params": f"A list of some of {', '.join(PROVIDER_EXTRAS)}."})
+        tiers = self.service_tiers
+        if not isinstance(tiers, dict) or any(
+            tier not in SERVICE_TIERS[2:] or not _positive_decimal(price) for tier, price in tiers.items()
+        ):
+            raise ValidationError(
+                {
+                    "service_tiers": f"An object of some of {', '.join(SERVICE_TIERS[2:])}, each with its price"
+                    ' multiple as a decimal string, e.g. {"flex": "0.5"}.'
+                }
+            )
         if self.allow_remote_media and self.provider in SELF_HOSTED_PROVIDERS:
             raise ValidationError(
                 {"allow_remote_media": "A self-hosted provider would fetch remote media from inside your network."}

@@ -41,6 +41,9 @@ class ModelSpec:
     supports_reasoning: bool = False
     supports_developer_role: bool = True
     extra_params: tuple[str, ...] = ()  # provider extras requests may send (top_k, ...)
+    max_n: int = 1  # the most choices one request may ask for
+    allows_store: bool = False  # store: true is forwarded
+    service_tiers: tuple[tuple[str, Decimal], ...] = ()  # (tier, price multiple) beyond auto and default
 
     @property
     def job_timeout(self) -> int:
@@ -80,6 +83,9 @@ def _load_catalog() -> dict[str, ModelSpec]:
             supports_reasoning=row.supports_reasoning,
             supports_developer_role=row.supports_developer_role,
             extra_params=tuple(row.extra_params or ()),
+            max_n=row.max_n,
+            allows_store=row.allows_store,
+            service_tiers=tuple((tier, Decimal(price)) for tier, price in sorted((row.service_tiers or {}).items())),
         )
         for row in LLMModel.objects.all()
     }

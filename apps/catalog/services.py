@@ -39,6 +39,8 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "output_price_per_mtok": Decimal("10.000000"),
             "input_modalities": ["text", "image"],
             "max_tokens_per_part": 1445,  # 85 + 8 tiles x 170 (high detail)
+            "max_n": 128,
+            "service_tiers": {"priority": "1.7"},  # $4.25 / $17 per 1M at priority
             "supports_embeddings": False,
             # Off until an operator sets OPENAI_API_KEY and enables it.
             "enabled": False,
@@ -55,6 +57,7 @@ def catalog_seed_defaults(*, local_base_url: str) -> list[str]:
             "input_modalities": ["text", "image"],
             "supports_embeddings": False,
             "max_tokens_per_part": 48169,  # 2833 + 8 tiles x 5667: gpt-4o-mini counts images so
+            "max_n": 128,
             "enabled": False,
         },
     ]

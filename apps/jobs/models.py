@@ -87,6 +87,11 @@ class Job(models.Model):
     reasoning = models.TextField(blank=True)  # a reasoning model's thinking, where its server sent it
     refusal = models.TextField(blank=True)  # the model declined: its words, instead of an answer
     logprobs = models.JSONField(null=True, blank=True)  # OpenAI's logprobs.content entries, when asked for
+    # The choices after the first when a request asked for n > 1: [{index, output,
+    # tool_calls, refusal, logprobs, finish_reason}] (the first is the fields above).
+    choices = models.JSONField(null=True, blank=True)
+    service_tier = models.CharField(max_length=32, blank=True)  # the tier the provider says served the call
+    system_fingerprint = models.CharField(max_length=200, blank=True)  # as the provider sent it
 
     # Completion webhook: where the final state is POSTed (the request's, or the tenant's default).
     webhook_url = models.URLField(max_length=2000, blank=True)

@@ -120,6 +120,8 @@ def job_answer_charge(
                 reasoning=result.reasoning,
                 refusal=result.refusal,
                 logprobs=result.logprobs,
+                service_tier=result.service_tier,
+                system_fingerprint=result.system_fingerprint,
                 usage_estimated=result.usage_estimated,
                 provider_latency_ms=result.latency_ms,
                 response_model=result.response_model,

@@ -111,6 +111,7 @@ def _chat_stream(
     usage: dict[str, Any] | None = None
     response_model = spec.provider_model_name
     response_id = ""
+    service_tier = fingerprint = ""
     first_chunk: float | None = None
     try:
         # The SDK makes the request (auth, base URL, status errors); its streaming
@@ -141,6 +142,8 @@ def _chat_stream(
                     raise ProviderError("provider_error", message)
                 response_id = chunk.get("id") or response_id
                 response_model = chunk.get("model") or response_model
+                service_tier = chunk.get("service_tier") or service_tier
+                fingerprint = chunk.get("system_fingerprint") or fingerprint
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in (chunk.get("choices") or [])[:1]:
@@ -228,6 +231,8 @@ def _chat_stream(
         logprobs=logprobs or None,
         cached_tokens=0 if estimated else int(details_in.get("cached_tokens") or 0),
         reasoning_tokens=0 if estimated else int(details_out.get("reasoning_tokens") or 0),
+        service_tier=str(service_tier)[:32],
+        system_fingerprint=str(fingerprint)[:200],
     )
 
 

@@ -181,6 +181,8 @@ class ChatResult:
     logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content entries, when asked for
     cached_tokens: int = 0  # of input_tokens, what the provider's prompt cache served
     reasoning_tokens: int = 0  # of output_tokens, what a reasoning model thought
+    service_tier: str = ""  # the tier the provider says served the call (OpenAI's), priced by the catalog
+    system_fingerprint: str = ""  # the provider's backend configuration, as it sent it
 
 
 def provider_api_key(spec: ModelSpec) -> str:
