@@ -61,6 +61,7 @@ import argparse
 import asyncio
 import base64
 import contextvars
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -353,6 +354,84 @@ def _structured(body: dict[str, Any], last_user: str) -> str | None:
 
 _LOW_BIT = bytes(i & 1 for i in range(256))
 _SIGN_BYTE = bytes((i & 1) << 7 for i in range(256))
+
+
+@dataclasses.dataclass
+class _Choice:
+    """One choice of a fake answer, whole (non-stream) or as its SSE chunks."""
+
+    index: int
+    pieces: list[str]
+    refusal: list[str]
+    tool_calls: list[dict[str, Any]] | None
+    logprobs: list[dict[str, Any]] | None
+    finish: str
+
+    def fragments(self) -> list[tuple[int, str]]:
+        """Each tool call's arguments in ARGUMENT_FRAGMENT-character pieces."""
+        return [
+            (index, call["function"]["arguments"][at : at + ARGUMENT_FRAGMENT])
+            for index, call in enumerate(self.tool_calls or [])
+            for at in range(0, len(call["function"]["arguments"]), ARGUMENT_FRAGMENT)
+        ]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.pieces) + len(self.fragments()) + len(self.refusal)
+
+    def whole(self, reasoning: str | None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if self.tool_calls or self.refusal else "".join(self.pieces),
+            "refusal": "".join(self.refusal) or None,
+            "annotations": [],
+        }
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        logprobs = {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None
+        return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": self.finish}
+
+    def chunks(self, head: bytes, tail: bytes, reasoning: str | None) -> list[bytes]:
+        """The role chunk, the content chunks, the finish chunk."""
+        mid = b',"logprobs":null,"finish_reason":'
+        role = b'{"role":"assistant","content":%s,"refusal":null}' % (b"null" if self.tool_calls else b'""')
+        out = [head + role + mid + b"null" + tail]
+        if not self.index:
+            out += [
+                head + b'{"reasoning_content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail
+                for p in _WORD_RE.findall(reasoning or "")
+            ]
+        out += [head + b'{"refusal":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in self.refusal]
+        if self.logprobs is None:
+            out += [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in self.pieces]
+        else:
+            out += [
+                head
+                + b'{"content":'
+                + _enc_str(p).encode()
+                + b'},"logprobs":'
+                + _dumps({"content": [entry], "refusal": None}).encode()
+                + b',"finish_reason":null'
+                + tail
+                for p, entry in zip(self.pieces, self.logprobs, strict=True)
+            ]
+        fragments = self.fragments()
+        for index, call in enumerate(self.tool_calls or []):
+            opening = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            out.append(head + b'{"tool_calls":[' + _dumps(opening).encode() + b"]}" + mid + b"null" + tail)
+            for fragment_index, fragment in fragments:
+                if fragment_index == index:
+                    delta = {"index": index, "function": {"arguments": fragment}}
+                    out.append(head + b'{"tool_calls":[' + _dumps(delta).encode() + b"]}" + mid + b"null" + tail)
+        out.append(head + b"{}" + mid + b'"' + self.finish.encode() + b'"' + tail)
+        return out
 
 
 def _short_f32(x: float) -> str:
@@ -733,52 +812,19 @@ class UpstreamApp:
                 if m.get("role") == "user":
                     last_user = text
         cid = f"chatcmpl-{self._id_prefix}{next(self._ids):012d}"
-        tool_calls = _tool_calls(body, messages, last_user, cid)
-        reply = _tool_results(messages) or _structured(body, last_user)
-        if reply is None:
-            reply = self.reply if self.reply is not None else "Echo: " + last_user
-        refusing = not tool_calls and REFUSE_MARK in last_user
-        refusal = _WORD_RE.findall(REFUSAL) if refusing else []
-        pieces = [] if tool_calls or refusing else _WORD_RE.findall(reply)
-        finish = "tool_calls" if tool_calls else "stop"
-        top = body["top_logprobs"] if isinstance(body.get("top_logprobs"), int) else 0
-        logprobs = [_logprob(p, top) for p in pieces] if body.get("logprobs") is True else None
-        if limit is not None and len(pieces) > limit:
-            pieces = pieces[:limit]
-            finish = "length"
-        # Each tool call streams as its head (id, name), then its arguments in fragments.
-        fragments = [
-            (index, call["function"]["arguments"][at : at + ARGUMENT_FRAGMENT])
-            for index, call in enumerate(tool_calls or [])
-            for at in range(0, len(call["function"]["arguments"]), ARGUMENT_FRAGMENT)
-        ]
-        completion_tokens = len(pieces) + len(fragments) + len(refusal)
+        n = body.get("n")
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+        answers = [self._answer(body, messages, last_user, cid, index, limit) for index in range(n)]
+        completion_tokens = sum(a.tokens for a in answers)
         created = int(time.time())
         headers = [(b"x-request-id", ("req_" + cid[9:]).encode())]
         if not stream:
-            message: dict[str, Any] = {
-                "role": "assistant",
-                "content": None if tool_calls or refusing else "".join(pieces),
-                "refusal": "".join(refusal) or None,
-                "annotations": [],
-            }
-            if tool_calls:
-                message["tool_calls"] = tool_calls
-            if self.reasoning:
-                message["reasoning_content"] = self.reasoning
             payload: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
-                        "finish_reason": finish,
-                    }
-                ],
+                "choices": [a.whole(self.reasoning) for a in answers],
                 "system_fingerprint": FINGERPRINT,
             }
             if self.nonstream_usage:
@@ -811,55 +857,23 @@ class UpstreamApp:
 
         so = body.get("stream_options")
         send_usage = self.stream_usage and isinstance(so, dict) and so.get("include_usage") is True
-        head = (
-            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
-            b'"system_fingerprint":"%s","choices":[{"index":0,"delta":'
-            % (cid.encode(), created, _enc_str(model).encode(), FINGERPRINT.encode())
-        )
-        mid = b',"logprobs":null,"finish_reason":'
-        tail = b"}]" + (b',"usage":null' if send_usage else b"") + b"}\n\n"
-        first = (
-            head
-            + (
-                b'{"role":"assistant","content":null,"refusal":null}'
-                if tool_calls
-                else b'{"role":"assistant","content":"","refusal":null}'
+        opening = (
+            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"system_fingerprint":"%s"'
+            % (
+                cid.encode(),
+                created,
+                _enc_str(model).encode(),
+                FINGERPRINT.encode(),
             )
-            + mid
-            + b"null"
-            + tail
         )
-        chunks = [
-            head + b'{"reasoning_content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail
-            for p in _WORD_RE.findall(self.reasoning or "")
+        tail = b"}]" + (b',"usage":null' if send_usage else b"") + b"}\n\n"
+        streams = [
+            a.chunks(opening + b',"choices":[{"index":%d,"delta":' % a.index, tail, self.reasoning) for a in answers
         ]
-        chunks += [head + b'{"refusal":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in refusal]
-        if logprobs is None:
-            chunks += [head + b'{"content":' + _enc_str(p).encode() + b"}" + mid + b"null" + tail for p in pieces]
-        else:
-            chunks += [
-                head
-                + b'{"content":'
-                + _enc_str(p).encode()
-                + b'},"logprobs":'
-                + _dumps({"content": [entry], "refusal": None}).encode()
-                + b',"finish_reason":null'
-                + tail
-                for p, entry in zip(pieces, logprobs, strict=True)
-            ]
-        for index, call in enumerate(tool_calls or []):
-            opening = {
-                "index": index,
-                "id": call["id"],
-                "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""},
-            }
-            chunks.append(head + b'{"tool_calls":[' + _dumps(opening).encode() + b"]}" + mid + b"null" + tail)
-            for fragment_index, fragment in fragments:
-                if fragment_index == index:
-                    delta = {"index": index, "function": {"arguments": fragment}}
-                    chunks.append(head + b'{"tool_calls":[' + _dumps(delta).encode() + b"]}" + mid + b"null" + tail)
-        end = head + b"{}" + mid + b'"' + finish.encode() + b'"' + tail
+        first = b"".join(chunks[0] for chunks in streams)
+        # The choices' pieces interleaved, as a provider streams them.
+        chunks = [c for row in itertools.zip_longest(*(chunks[1:-1] for chunks in streams)) for c in row if c]
+        end = b"".join(chunks[-1] for chunks in streams)
         if send_usage:
             end += (
                 b"data: "
@@ -926,6 +940,30 @@ class UpstreamApp:
             # Return without completing the response: uvicorn closes the connection.
             _install_cut_filter()
             _CUTTING.set(True)
+
+    def _answer(
+        self, body: dict[str, Any], messages: list[Any], last_user: str, cid: str, index: int, limit: int | None
+    ) -> _Choice:
+        """Choice `index` of the answer (n > 1: each after the first starts "Choice <index>: ")."""
+        tool_calls = _tool_calls(body, messages, last_user, cid)
+        if tool_calls and index:
+            for call in tool_calls:
+                call["id"] += f"_{index}"
+        reply = _tool_results(messages) or _structured(body, last_user)
+        if reply is None:
+            reply = self.reply if self.reply is not None else "Echo: " + last_user
+        if index:
+            reply = f"Choice {index}: {reply}"
+        refusing = not tool_calls and REFUSE_MARK in last_user
+        refusal = _WORD_RE.findall(REFUSAL) if refusing else []
+        pieces = [] if tool_calls or refusing else _WORD_RE.findall(reply)
+        finish = "tool_calls" if tool_calls else "stop"
+        top = body["top_logprobs"] if isinstance(body.get("top_logprobs"), int) else 0
+        if limit is not None and len(pieces) > limit:
+            pieces = pieces[:limit]
+            finish = "length"
+        logprobs = [_logprob(p, top) for p in pieces] if body.get("logprobs") is True else None
+        return _Choice(index, pieces, refusal, tool_calls, logprobs, finish)
 
     async def _hang(self, receive: Receive, send: Send) -> None:
         """Answer nothing until the client disconnects, a reset/shutdown, or HANG_SECONDS."""

@@ -13,7 +13,7 @@ from apps.billing.budgets import budget_hold, budget_release
 from apps.billing.services import call_cost, chain_fit, chain_worst_case
 from apps.cache.exact import exact_get, flight_join, flight_land
 from apps.cache.policy import CacheMode, cache_plan
-from apps.catalog.selectors import model_get, models_enabled
+from apps.catalog.selectors import ModelSpec, model_get, models_enabled
 from apps.controls.fallbacks import fallbacks_for
 from apps.controls.switches import switch_check
 from apps.core.errors import InvalidRequest, NotFound
@@ -21,7 +21,7 @@ from apps.core.webhooks import webhook_url_check
 from apps.flags.rollout import Subject
 from apps.flags.selectors import flags_route
 from apps.llm.capabilities import PROVIDER_EXTRAS, missing
-from apps.llm.content import content_admit
+from apps.llm.content import content_admit, content_tokens
 from apps.llm.tokens import count_message_tokens, count_schema_tokens
 from apps.observability import metrics
 from apps.ratelimit.buckets import Unit
@@ -109,11 +109,7 @@ class Size(_Checks):
                 code="max_tokens_too_large",
                 param="max_tokens",
             )
-        input_tokens = (
-            count_message_tokens(admission.messages, spec.encoding)
-            + count_schema_tokens(admission.params, spec.encoding)
-            + content_admit(spec=spec, messages=admission.messages)
-        )
+        input_tokens = input_count(spec, admission, refuse=True)
         needed = input_tokens + (max_tokens or 0)
         if needed > spec.context_window:
             # A 400, as OpenAI answers (SDKs raise BadRequestError; LangChain and
@@ -126,7 +122,34 @@ class Size(_Checks):
                 param="messages",
             )
         admission.input_tokens = input_tokens
-        admission.tokens = input_tokens + int(max_tokens or spec.max_output_tokens)
+        # Each of n choices may use the whole output allowance (the input is billed once).
+        choices = int(admission.params.get("n") or 1)
+        admission.tokens = input_tokens + choices * int(max_tokens or spec.max_output_tokens)
+
+
+def input_count(spec: ModelSpec, admission: Admission, *, refuse: bool = False) -> int:
+    """The request's input as `spec` counts it: the messages and the tool
+    definitions and schema in its encoding, the media parts by its provider's
+    rule (`refuse`: a part it cannot take is a 400)."""
+    media = (content_admit if refuse else content_tokens)(spec=spec, messages=admission.messages)
+    return (
+        count_message_tokens(admission.messages, spec.encoding)
+        + count_schema_tokens(admission.params, spec.encoding)
+        + media
+    )
+
+
+def chain_input(steps: list[ModelSpec], admission: Admission) -> int:
+    """The input a hold counts over the chain: the most any step counts (a
+    fallback may use another encoding, or count images by another provider's
+    rule), so no step's call can cost more than its hold."""
+    spec = admission.model_spec
+    counts = {(spec.encoding, spec.provider, spec.max_tokens_per_part): admission.input_tokens}
+    for step in steps:
+        rule = (step.encoding, step.provider, step.max_tokens_per_part)
+        if rule not in counts:
+            counts[rule] = input_count(step, admission)
+    return max(counts.values())
 
 
 class Capabilities(_Checks):
@@ -233,20 +256,21 @@ class TokenBuckets:
 
 class BudgetHold:
     """The worst-case cost held on every budget of the caller, before anything
-    is stored: the dearest model the chain may call, at the output it is sent.
+    is stored: the dearest model the chain may call, at the output it is sent
+    (for each of n choices).
     Larger than what is left of a budget: refused naming the max_tokens that
     fits or, when the request set none, held and sent at that max_tokens."""
 
     def take(self, admission: Admission) -> None:
         steps = admission.chain or [admission.model_spec]
         requested_max = admission.params.get("max_tokens")
-        input_tokens = admission.input_tokens
+        input_tokens, choices = chain_input(steps, admission), int(admission.params.get("n") or 1)
         cap = requested_max or max(step.max_output_tokens for step in steps)
         hold = budget_hold(
             principal=admission.principal,
             job_id=admission.id,
-            amount_micros=chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max),
-            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room),
+            amount_micros=chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max, choices=choices),
+            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room, choices=choices),
             adjust=requested_max is None,
         )
         admission.held, admission.max_tokens = hold.amount, hold.max_tokens

@@ -31,36 +31,41 @@ def held_input_tokens(spec: ModelSpec, input_tokens: int) -> int:
     return -(-input_tokens * (100 + settings.BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT) // 100)
 
 
-def worst_case_cost(spec: ModelSpec, *, input_tokens: int, max_tokens: int | None) -> int:
+def worst_case_cost(spec: ModelSpec, *, input_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
     """What a request may cost at most: its counted input (with a margin where the
     count is an estimate), and as many output tokens as it is sent (`max_tokens`,
-    else the model's output limit): the provider cannot bill more."""
+    else the model's output limit) for each of its `choices` (n): the provider
+    cannot bill more."""
     return cost_micros(
         input_tokens=held_input_tokens(spec, input_tokens),
-        output_tokens=output_allowance(spec, max_tokens),
+        output_tokens=choices * output_allowance(spec, max_tokens),
         input_price=spec.input_price_per_mtok,
         output_price=spec.output_price_per_mtok,
     )
 
 
-def chain_worst_case(steps: Sequence[ModelSpec], *, input_tokens: int, max_tokens: int | None) -> int:
+def chain_worst_case(steps: Sequence[ModelSpec], *, input_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
     """The hold of a job that may call any of `steps` (its model, its fallbacks)."""
-    return max(worst_case_cost(step, input_tokens=input_tokens, max_tokens=max_tokens) for step in steps)
+    return max(
+        worst_case_cost(step, input_tokens=input_tokens, max_tokens=max_tokens, choices=choices) for step in steps
+    )
 
 
-def chain_fit(steps: Sequence[ModelSpec], *, input_tokens: int, cap: int, room: int) -> tuple[int, int] | None:
+def chain_fit(
+    steps: Sequence[ModelSpec], *, input_tokens: int, cap: int, room: int, choices: int = 1
+) -> tuple[int, int] | None:
     """The largest max_tokens (at most `cap`) whose hold over `steps` fits `room`
     micro-dollars, with that hold; None when not even one output token fits."""
     low, high = 0, cap  # invariant: low fits (or is 0), everything above high does not
     while low < high:
         middle = (low + high + 1) // 2
-        if chain_worst_case(steps, input_tokens=input_tokens, max_tokens=middle) <= room:
+        if chain_worst_case(steps, input_tokens=input_tokens, max_tokens=middle, choices=choices) <= room:
             low = middle
         else:
             high = middle - 1
     if low < 1:
         return None
-    return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low)
+    return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low, choices=choices)
 
 
 def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:

@@ -55,6 +55,8 @@ class CachedAnswer:
     tool_calls: list[dict[str, Any]] | None = None  # a tool-call answer's calls, replayed as they were
     refusal: str = ""
     logprobs: list[dict[str, Any]] | None = None
+    choices: list[dict[str, Any]] | None = None  # n > 1: the choices after the first, as a job keeps them
+    system_fingerprint: str = ""
 
 
 def _check(key: str) -> str:

@@ -185,9 +185,14 @@ def exact_hash(
 def semantic_allowed(params: dict[str, Any]) -> bool:
     """Whether a paraphrase's answer may answer this request: never when it calls
     for tools or a structured answer (a text answer, or another request's tool
-    calls, is not what it asked for)."""
+    calls, is not what it asked for), nor for several choices (n > 1: one stored
+    answer is not n)."""
     response_format = params.get("response_format") or {}
-    return not (params.get("tools") or params.get("functions")) and response_format.get("type", "text") == "text"
+    return (
+        not (params.get("tools") or params.get("functions"))
+        and response_format.get("type", "text") == "text"
+        and int(params.get("n") or 1) == 1
+    )
 
 
 def cache_plan(

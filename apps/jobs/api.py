@@ -63,6 +63,7 @@ def job_representation(
         "refusal": job.refusal or None,
         "logprobs": job.logprobs,
         "finish_reason": job.finish_reason,
+        "choices": job.choices,
         "usage": usage,
         "cost_usd": usd_string(job.cost_micros),
         "cached": job.cached or None,
@@ -72,6 +73,8 @@ def job_representation(
         "fallbacks": job.fallbacks,
         "answered_by": job.answered_by or None,
         "tier": job.tier,
+        "service_tier": job.service_tier or None,
+        "system_fingerprint": job.system_fingerprint or None,
         "error": error,
         "metadata": job.metadata,
         "created_at": job.created_at,
@@ -135,6 +138,15 @@ class ToolCallSchema(serializers.Serializer[Any]):
     function = FunctionCallSchema()
 
 
+class ChoiceSchema(serializers.Serializer[Any]):
+    index = serializers.IntegerField()
+    output = serializers.CharField()
+    tool_calls = ToolCallSchema(many=True, allow_null=True)
+    refusal = serializers.CharField()
+    logprobs = serializers.ListField(child=serializers.DictField(), allow_null=True)
+    finish_reason = serializers.CharField()
+
+
 class JobLinksSchema(serializers.Serializer[Any]):
     self = serializers.URLField()
     events = serializers.URLField()
@@ -172,6 +184,9 @@ class JobOutputSerializer(serializers.Serializer[Any]):
         child=serializers.DictField(), allow_null=True, help_text="OpenAI's logprobs.content entries, when asked for"
     )
     finish_reason = serializers.CharField()
+    choices = ChoiceSchema(
+        many=True, allow_null=True, help_text="n > 1: the choices after the first (which is output, tool_calls, ...)"
+    )
     usage = UsageSchema(allow_null=True)
     cost_usd = serializers.CharField(
         allow_null=True, help_text='what the job cost, a decimal string in USD ("0.000150"); null until it is known'
@@ -179,6 +194,8 @@ class JobOutputSerializer(serializers.Serializer[Any]):
     cached = serializers.ChoiceField(
         choices=["exact", "semantic"], allow_null=True, help_text="which cache served the answer; null: a model did"
     )
+    service_tier = serializers.CharField(allow_null=True, help_text="the tier the provider says served the call")
+    system_fingerprint = serializers.CharField(allow_null=True, help_text="the provider's, as it sent it")
     cache_similarity = serializers.FloatField(allow_null=True, help_text="a semantic hit's cosine similarity")
     provider_latency_ms = serializers.IntegerField(allow_null=True)
     attempts = AttemptSchema(many=True, help_text="each model tried, with its retries")

@@ -11,6 +11,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.catalog.models import MAX_N
+
 from .messages import TOOL_NAME, StrictSerializer
 
 MAX_TOOLS = 128
@@ -167,14 +169,8 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         "logit_bias": LogitBiasField(required=False),
         "logprobs": serializers.BooleanField(required=False),
         "top_logprobs": serializers.IntegerField(required=False, min_value=0, max_value=20),
-        "n": serializers.IntegerField(
-            required=False,
-            min_value=1,
-            max_value=1,
-            error_messages={
-                "max_value": "Only n=1 is supported: each choice would be its own call (send n requests).",
-            },
-        ),
+        # How many choices: up to what the model's catalog entry allows (admission).
+        "n": serializers.IntegerField(required=False, min_value=1, max_value=MAX_N),
         "max_completion_tokens": serializers.IntegerField(required=False, min_value=1),
         "reasoning_effort": serializers.ChoiceField(choices=REASONING_EFFORTS, required=False),
         "verbosity": serializers.ChoiceField(choices=VERBOSITIES, required=False),
@@ -206,6 +202,7 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
 
 # What the provider is sent as it was sent to us (beside messages and the output allowance).
 FORWARDED = (
+    "n",
     "temperature",
     "top_p",
     "stop",
@@ -245,7 +242,6 @@ NULLABLE = frozenset(
         *FORWARDED,
         "max_tokens",
         "max_completion_tokens",
-        "n",
         "metadata",
         "store",
         "service_tier",

@@ -4,7 +4,9 @@ One Redis Stream per job, `aip:<schema>:job:<id>` (tenant-scoped by key). Entrie
 carry one JSON field `d`: `delta` (text), `tool_call` (a piece of a tool call:
 index, the id and name with its first piece, a fragment of its arguments),
 `refusal` (text), `logprobs` (entries), `fallback`, `usage`, `done` (final
-status, finish reason) or `error` (type, message). Deltas are coalesced: at most one entry per
+status, finish reason) or `error` (type, message). With n > 1, the pieces of a
+choice after the first carry its index as `choice`, and `done` lists every
+choice's finish reason (`finish_reasons`). Deltas are coalesced: at most one entry per
 JOB_STREAM_COALESCE_MS per job, so a thousand concurrent streams do not mean tens
 of thousands of writes a second. Each stream is capped (MAXLEN ~) and every
 append sets its expiry in the same round trip: while the job runs, the longest a
@@ -119,45 +121,47 @@ def coalesce(pieces: list[str | dict[str, Any]]) -> list[dict[str, Any]]:
     """Buffered pieces as events, in order: adjacent text is one `delta`, adjacent
     argument fragments of one tool call one `tool_call` (a new id or name starts
     a new event, so a listener sees each call's head once), adjacent refusal text
-    one `refusal`, logprobs one `logprobs`. Text and its logprobs arrive
+    one `refusal`, logprobs one `logprobs`; pieces of different choices (n > 1:
+    `choice`, absent for the first) never merge. Text and its logprobs arrive
     interleaved (a token, its logprob): each merges past the other, so a window
     of them is two events, not one per token."""
     events: list[dict[str, Any]] = []
-    for piece in pieces:
+    for raw in pieces:
+        piece = {"type": "delta", "text": raw} if isinstance(raw, str) else raw
+        kind, choice = piece["type"], piece.get("choice", 0)
         last = events[-1] if events else None
-        kind = "delta" if isinstance(piece, str) else piece["type"]
         if kind in ("delta", "logprobs") and len(events) >= 2 and last is not None:
             other = "logprobs" if kind == "delta" else "delta"
-            if last["type"] == other and events[-2]["type"] == kind:
-                last = events[-2]  # merge past the interleaved other kind
-                if isinstance(piece, str):
-                    last["text"] += piece
-                else:
-                    last["content"] = [*last["content"], *piece["content"]]
+            before = events[-2]
+            if (
+                last["type"] == other
+                and before["type"] == kind
+                and last.get("choice", 0) == choice
+                and before.get("choice", 0) == choice
+            ):
+                _merge(before, piece)  # merge past the interleaved other kind
                 continue
-        if isinstance(piece, str):
-            if last is not None and last["type"] == "delta":
-                last["text"] += piece
-            else:
-                events.append({"type": "delta", "text": piece})
-            continue
-        same = last is not None and last["type"] == kind
-        if same and kind == "tool_call" and last is not None:
-            same = last["index"] == piece["index"] and "id" not in piece and "name" not in piece
-            if same:
-                last["arguments"] += piece["arguments"]
-                continue
-        elif same and kind == "refusal" and last is not None:
-            last["text"] += piece["text"]
-            continue
-        elif same and kind == "logprobs" and last is not None:
-            last["content"] = [*last["content"], *piece["content"]]
+        same = last is not None and last["type"] == kind and last.get("choice", 0) == choice
+        if same and kind == "tool_call":  # one call's fragments, not the head of another
+            same = last is not None and last["index"] == piece["index"] and not {"id", "name"} & set(piece)
+        if same and last is not None:
+            _merge(last, piece)
             continue
         events.append(dict(piece))
     return events
 
 
-def tool_call_events(tool_calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def _merge(event: dict[str, Any], piece: dict[str, Any]) -> None:
+    kind = piece["type"]
+    if kind in ("delta", "refusal"):
+        event["text"] += piece["text"]
+    elif kind == "tool_call":
+        event["arguments"] += piece["arguments"]
+    else:
+        event["content"] = [*event["content"], *piece["content"]]
+
+
+def tool_call_events(tool_calls: list[dict[str, Any]] | None, choice: int = 0) -> list[dict[str, Any]]:
     """Whole tool calls as the events a streamed one would have been (one each)."""
     return [
         {
@@ -166,19 +170,63 @@ def tool_call_events(tool_calls: list[dict[str, Any]] | None) -> list[dict[str, 
             "id": call.get("id", ""),
             "name": call["function"]["name"],
             "arguments": call["function"]["arguments"],
+            **({"choice": choice} if choice else {}),
         }
         for index, call in enumerate(tool_calls or [])
     ]
 
 
-def answer_parts(job: Any) -> list[dict[str, Any]]:
-    """A stored answer's refusal and logprobs as the events a stream carried."""
-    parts: list[dict[str, Any]] = []
-    if job.refusal:
-        parts.append({"type": "refusal", "text": job.refusal})
-    if job.logprobs:
-        parts.append({"type": "logprobs", "content": job.logprobs})
-    return parts
+def stored_answer_events(job: Any) -> list[dict[str, Any]]:
+    """A stored answer (a job's, a cached one's) as the events its stream carried,
+    whole: each choice's text, tool calls, refusal and logprobs (a choice after
+    the first, n > 1, marked with its `choice` index)."""
+    events: list[dict[str, Any]] = []
+    for choice in [
+        {
+            "index": 0,
+            "output": job.output,
+            "tool_calls": job.tool_calls,
+            "refusal": job.refusal,
+            "logprobs": job.logprobs,
+        },
+        *(job.choices or ()),
+    ]:
+        index = int(choice["index"])
+        mark = {"choice": index} if index else {}
+        if choice.get("output"):
+            events.append({"type": "delta", "text": choice["output"], **mark})
+        events.extend(tool_call_events(choice.get("tool_calls"), index))
+        if choice.get("refusal"):
+            events.append({"type": "refusal", "text": choice["refusal"], **mark})
+        if choice.get("logprobs"):
+            events.append({"type": "logprobs", "content": choice["logprobs"], **mark})
+    return events
+
+
+def finish_reasons(job: Any) -> list[str]:
+    """Each choice's finish reason, the first's first."""
+    return [job.finish_reason, *(str(choice.get("finish_reason") or "") for choice in job.choices or ())]
+
+
+def answered_events(result: Any, *, cost: int, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A call's closing events: its usage (with what it cost, the model that
+    answered, the tier that served it) and `done` (each choice's finish reason)."""
+    usage = {
+        "type": "usage",
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "estimated": result.usage_estimated,
+        "cached_tokens": result.cached_tokens,
+        "reasoning_tokens": result.reasoning_tokens,
+        "cost_micros": cost,
+        "model": model,  # the model that answered (a fallback step)
+        "service_tier": result.service_tier or None,
+        "system_fingerprint": result.system_fingerprint or None,
+    }
+    done: dict[str, Any] = {"type": "done", "status": "succeeded", "finish_reason": result.finish_reason}
+    if result.choices:
+        done["finish_reasons"] = [result.finish_reason, *(choice["finish_reason"] for choice in result.choices)]
+    return usage, done
 
 
 def live_ttl_seconds() -> int:

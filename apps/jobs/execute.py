@@ -30,7 +30,7 @@ from apps.observability.context import bind
 from apps.observability.tracing import tracing_enabled
 from apps.tenants.db import current_schema, release_connection
 
-from .events import EventRelay
+from .events import EventRelay, answered_events
 from .lifecycle import job_answer_from_cache, job_cancel_switched, job_fail, job_flight_land
 from .models import Job, JobStatus
 from .settlement import (
@@ -88,7 +88,8 @@ class JobHost:
         if spec is None or not spec.enabled or switch is not None:
             why = f"switched off: {switch.reason}" if switch is not None else "disabled or no longer in the catalog"
             return ProviderError("model_unavailable", f"Model {name!r} is {why}.")
-        lacking = missing(spec, self.job.params) if step else None  # the requested model was checked at admission
+        # The requested model was checked at admission.
+        lacking = missing(spec, self.job.params, self.job.messages) if step else None
         if lacking is not None:
             return ProviderError("model_unavailable", f"Skipped: {lacking[1]}")
         return spec
@@ -254,19 +255,7 @@ def _job_answered(
     if succeeded:
         metrics.record_job_status(JobStatus.SUCCEEDED)
         # Listeners first: the accounting below does not change the answer.
-        relay.final(
-            {
-                "type": "usage",
-                "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens,
-                "estimated": result.usage_estimated,
-                "cached_tokens": result.cached_tokens,
-                "reasoning_tokens": result.reasoning_tokens,
-                "cost_micros": cost,
-                "model": answered.slug,  # the model that answered (a fallback step)
-            },
-            {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": result.finish_reason},
-        )
+        relay.final(*answered_events(result, cost=cost, model=answered.slug))
         webhook_schedule(job_id=job.pk, webhook_url=job.webhook_url)
     # Only the requested model's answers are cached: a fallback's is not what was asked.
     if succeeded and plan is not None and plan.write and step == 0:
@@ -281,6 +270,8 @@ def _job_answered(
             tool_calls=result.tool_calls,
             refusal=result.refusal,
             logprobs=result.logprobs,
+            choices=result.choices,
+            system_fingerprint=result.system_fingerprint,
         )
         if plan.key:
             exact_put(

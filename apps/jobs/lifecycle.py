@@ -24,7 +24,7 @@ from apps.observability import metrics
 from apps.tenants.db import current_schema
 
 from .enqueue import job_enqueue, job_revoke
-from .events import EventRelay, answer_parts, job_events_close, tool_call_events
+from .events import EventRelay, finish_reasons, job_events_close, stored_answer_events
 from .models import Job, JobStatus
 from .selectors import job_get
 from .settlement import job_tokens_settle
@@ -42,6 +42,8 @@ _ANSWER_FIELDS = (
     "tool_calls",
     "refusal",
     "logprobs",
+    "choices",
+    "system_fingerprint",
     "finish_reason",
     "input_tokens",
     "output_tokens",
@@ -66,6 +68,8 @@ def answer_fill(job: Job, answer: CachedAnswer, *, kind: str = "exact", similari
     job.tool_calls = answer.tool_calls
     job.refusal = answer.refusal
     job.logprobs = answer.logprobs
+    job.choices = answer.choices
+    job.system_fingerprint = answer.system_fingerprint
     job.finish_reason = answer.finish_reason
     job.input_tokens = answer.input_tokens
     job.output_tokens = answer.output_tokens
@@ -77,17 +81,18 @@ def answer_fill(job: Job, answer: CachedAnswer, *, kind: str = "exact", similari
 
 def answer_events(job: Job) -> tuple[dict[str, Any], ...]:
     """A whole answer as events (a cached one: its text and tool calls at once)."""
+    done: dict[str, Any] = {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": job.finish_reason}
+    if job.choices:
+        done["finish_reasons"] = finish_reasons(job)
     return (
-        {"type": "delta", "text": job.output},
-        *tool_call_events(job.tool_calls),
-        *answer_parts(job),
+        *stored_answer_events(job),
         {
             "type": "usage",
             "input_tokens": job.input_tokens,
             "output_tokens": job.output_tokens,
             "estimated": job.usage_estimated,
         },
-        {"type": "done", "status": JobStatus.SUCCEEDED.value, "finish_reason": job.finish_reason},
+        done,
     )
 
 

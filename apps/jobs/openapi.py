@@ -46,7 +46,7 @@ def _chat_request(components: dict[str, Any]) -> dict[str, Any]:
         {
             "stream": {"type": "boolean"},
             "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-            "n": {"type": "integer", "enum": [1]},
+            "n": {"type": "integer", "minimum": 1, "maximum": 128},
             "user": {"type": "string", "maxLength": 512},
             "max_completion_tokens": {"type": "integer", "minimum": 1},
         }

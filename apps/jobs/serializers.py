@@ -144,6 +144,8 @@ class JobCreateSerializer(StrictSerializer):
         the body's, for the /v1 API, which reads it before validation)."""
         data = self.validated_data
         params = {name: _plain(data[name]) for name in FORWARDED if name in data}
+        if params.get("n") == 1:
+            del params["n"]  # the default: the same request (and cache key) as without it
         # The output allowance, whichever name it came under: admission holds it and
         # the provider adapter sends it under the name the provider takes.
         allowance = data.get("max_tokens", data.get("max_completion_tokens"))

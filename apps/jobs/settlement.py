@@ -120,6 +120,7 @@ def job_answer_charge(
                 reasoning=result.reasoning,
                 refusal=result.refusal,
                 logprobs=result.logprobs,
+                choices=result.choices,
                 service_tier=result.service_tier,
                 system_fingerprint=result.system_fingerprint,
                 usage_estimated=result.usage_estimated,

@@ -26,7 +26,7 @@ from apps.core.threads import in_thread
 from apps.tenants.db import current_schema, release_connection, tenant_connection
 from apps.tenants.middleware import activate_key_tenant
 
-from .events import FINAL_EVENTS, answer_parts, stream_key, tool_call_events
+from .events import FINAL_EVENTS, finish_reasons, stored_answer_events, stream_key
 from .hub import stream_hub
 from .leases import KeyRevoked, StreamLease, TooManyStreams, lease_acquire, release_on_close
 from .models import FINAL_STATUSES, Job
@@ -80,10 +80,8 @@ def _sse(event_id: str, data: dict[str, Any] | str) -> bytes:
 
 def _from_postgres(job: Job) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
-    if job.output:
-        events.append((FALLBACK_DELTA_ID, {"type": "delta", "text": job.output}))
-    # Whole calls, under the delta's id: a stream served from Postgres replays whole.
-    events.extend((FALLBACK_DELTA_ID, event) for event in [*tool_call_events(job.tool_calls), *answer_parts(job)])
+    # The whole answer, under one id: a stream served from Postgres replays whole.
+    events.extend((FALLBACK_DELTA_ID, event) for event in stored_answer_events(job))
     if job.input_tokens is not None and job.output_tokens is not None:
         usage = {
             "type": "usage",
@@ -101,7 +99,9 @@ def _from_postgres(job: Job) -> list[tuple[str, dict[str, Any]]]:
         }
         events.append((FALLBACK_DONE_ID, error))
     else:
-        done = {"type": "done", "status": job.status, "finish_reason": job.finish_reason or None}
+        done: dict[str, Any] = {"type": "done", "status": job.status, "finish_reason": job.finish_reason or None}
+        if job.choices:
+            done["finish_reasons"] = finish_reasons(job)
         events.append((FALLBACK_DONE_ID, done))
     return events
 

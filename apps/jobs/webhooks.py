@@ -1,5 +1,5 @@
 """Completion webhooks: when a job ends, a Celery task (queue `webhooks`, task
-`webhooks.send`) POSTs `{id, status, model, output, tool_calls, usage, error}` to the job's
+`webhooks.send`) POSTs `{id, status, model, output, tool_calls, choices, usage, error}` to the job's
 webhook URL, signed with the tenant's secret. Failures are retried with
 exponential backoff up to WEBHOOK_MAX_ATTEMPTS; every attempt is recorded on
 the job. The URL checks, the safe POST and the signature are apps.core.webhooks'.
@@ -40,6 +40,7 @@ def webhook_payload(job: Job) -> dict[str, Any]:
         "model": job.model,
         "output": job.output,
         "tool_calls": job.tool_calls,
+        "choices": job.choices,
         "usage": usage,
         "error": error,
     }

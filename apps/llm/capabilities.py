@@ -16,6 +16,8 @@ from typing import Any
 from apps.catalog.models import PROVIDER_EXTRAS, Provider
 from apps.catalog.selectors import ModelSpec
 
+from .content import PART_MODALITY, media_parts
+
 __all__ = ["PROVIDER_EXTRAS", "legacy_functions", "missing", "provider_request"]
 
 
@@ -24,14 +26,27 @@ def legacy_functions(params: Mapping[str, Any]) -> bool:
     return bool(params.get("functions"))
 
 
-def missing(spec: ModelSpec, params: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(the field, why) for the first thing in `params` the model cannot take."""
+def missing(
+    spec: ModelSpec, params: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] = ()
+) -> tuple[str, str] | None:
+    """(the field, why) for the first thing in `params`, or in the `messages`'
+    content parts, the model cannot take. (Admission checks the requested model's
+    parts itself, with their sizes: apps/llm/content.py.)"""
+    for param, part in media_parts(messages):
+        modality = PART_MODALITY.get(str(part.get("type")))
+        if modality is None or modality not in spec.input_modalities:
+            return param, f"{spec.slug} does not take {modality or part.get('type')} input."
+        url = str((part.get("image_url") or {}).get("url", "")) if modality == "image" else ""
+        if url and not url.startswith("data:") and not spec.allow_remote_media:
+            return f"{param}.image_url.url", f"{spec.slug} does not take image URLs."
     if params.get("tools") and not spec.supports_tools:
         return "tools", f"{spec.slug} does not take tools."
     if params.get("functions") and not spec.supports_tools:
         return "functions", f"{spec.slug} does not take functions (tools)."
     if (params.get("response_format") or {}).get("type") == "json_schema" and not spec.supports_json_schema:
         return "response_format", f"{spec.slug} does not take a JSON schema (structured outputs); try json_object."
+    if int(params.get("n") or 1) > spec.max_n:
+        return "n", f"{spec.slug} answers at most n={spec.max_n} choices."
     if params.get("reasoning_effort") is not None and not spec.supports_reasoning:
         return "reasoning_effort", f"{spec.slug} is not a reasoning model."
     for extra in PROVIDER_EXTRAS:

@@ -101,13 +101,9 @@ def _chat_stream(
     # Provider extras are no SDK arguments: they go at the body's top level.
     sdk_params = {key: value for key, value in params.items() if key not in PROVIDER_EXTRAS}
     extras = {key: value for key, value in params.items() if key in PROVIDER_EXTRAS}
-    text: list[str] = []
     thinking: list[str] = []  # reasoning_content (vLLM, DeepSeek) or reasoning (OpenRouter)
-    refusal: list[str] = []
-    logprobs: list[dict[str, Any]] = []
-    calls: dict[int, dict[str, Any]] = {}
+    choices: dict[int, _Choice] = {}  # by index: n > 1 answers several
     started = time.perf_counter()
-    finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     response_model = spec.provider_model_name
     response_id = ""
@@ -146,38 +142,25 @@ def _chat_stream(
                 fingerprint = chunk.get("system_fingerprint") or fingerprint
                 if chunk.get("usage"):
                     usage = chunk["usage"]
-                for choice in (chunk.get("choices") or [])[:1]:
+                for choice in chunk.get("choices") or ():
+                    index = int(choice.get("index") or 0)
+                    if index not in choices and len(choices) >= max(1, int(params.get("n") or 1)):
+                        raise ProviderError("provider_bad_response", f"{spec.slug} sent more choices than asked for.")
+                    state = choices.setdefault(index, _Choice(index))
                     delta = choice.get("delta") or {}
                     thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    if isinstance(thought, str) and thought:
+                    if index == 0 and isinstance(thought, str) and thought:
                         thinking.append(thought)
-                    piece = delta.get("content")
-                    if piece:
-                        if first_chunk is None:
-                            first_chunk = time.perf_counter()
-                        pieces.append(piece)
-                        text.append(piece)
-                        on_delta(piece)
-                    for call in delta.get("tool_calls") or ():
-                        if first_chunk is None:
-                            first_chunk = time.perf_counter()
-                        fragment = _tool_call_piece(calls, call)
-                        pieces.append(fragment["arguments"])
-                        if on_part is not None:
-                            on_part(fragment)
-                    said_no = delta.get("refusal")
-                    if isinstance(said_no, str) and said_no:
-                        pieces.append(said_no)
-                        refusal.append(said_no)
-                        if on_part is not None:
-                            on_part({"type": "refusal", "text": said_no})
-                    entries = (choice.get("logprobs") or {}).get("content")
-                    if isinstance(entries, list) and entries:
-                        logprobs.extend(entries)
-                        if on_part is not None:
-                            on_part({"type": "logprobs", "content": entries})
+                    if first_chunk is None and (delta.get("content") or delta.get("tool_calls")):
+                        first_chunk = time.perf_counter()
+                    for part in state.take(delta, choice.get("logprobs")):
+                        pieces.append(part.get("text") or part.get("arguments") or "")
+                        if index == 0 and part["type"] == "delta":
+                            on_delta(part["text"])
+                        elif on_part is not None:
+                            on_part(part)
                     if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
+                        state.finish_reason = str(choice["finish_reason"])
     except openai.APITimeoutError as exc:
         raise ProviderError("provider_timeout", f"No answer from {spec.slug} within the timeout.") from exc
     except (openai.APIConnectionError, httpx2.TransportError) as exc:
@@ -196,14 +179,13 @@ def _chat_stream(
         raise ProviderError("provider_bad_response", f"{spec.slug} sent an unreadable stream chunk: {exc}") from exc
     if watch is not None and watch.reason():
         raise CallStopped(watch.reason() or "", partial_output="".join(pieces), sent=True)
-    if finish_reason is None:
+    first = choices.get(0)
+    if first is None or any(state.finish_reason is None for state in choices.values()):
         raise ProviderError(
             "provider_stream_broken",
             f"The stream from {spec.slug} ended without a finish reason (truncated answer).",
             partial_output="".join(pieces),
         )
-    output = "".join(text)
-    tool_calls = [calls[index] for index in sorted(calls)] or None
     if usage is not None and usage.get("prompt_tokens") is not None and usage.get("completion_tokens") is not None:
         input_tokens, output_tokens, estimated = int(usage["prompt_tokens"]), int(usage["completion_tokens"]), False
     else:
@@ -216,8 +198,8 @@ def _chat_stream(
     details_in = (usage or {}).get("prompt_tokens_details") or {}
     details_out = (usage or {}).get("completion_tokens_details") or {}
     return ChatResult(
-        output=output,
-        finish_reason=finish_reason,
+        output="".join(first.text),
+        finish_reason=first.finish_reason or "",
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         usage_estimated=estimated,
@@ -225,10 +207,11 @@ def _chat_stream(
         response_model=response_model,
         response_id=response_id,
         first_chunk_s=first_chunk - started if first_chunk is not None else None,
-        tool_calls=tool_calls,
+        tool_calls=first.tool_calls(),
         reasoning="".join(thinking),
-        refusal="".join(refusal),
-        logprobs=logprobs or None,
+        refusal="".join(first.refusal),
+        logprobs=first.logprobs or None,
+        choices=[choices[index].whole() for index in sorted(choices) if index] or None,
         cached_tokens=0 if estimated else int(details_in.get("cached_tokens") or 0),
         reasoning_tokens=0 if estimated else int(details_out.get("reasoning_tokens") or 0),
         service_tier=str(service_tier)[:32],
@@ -236,22 +219,74 @@ def _chat_stream(
     )
 
 
-def _tool_call_piece(calls: dict[int, dict[str, Any]], call: Mapping[str, Any]) -> dict[str, Any]:
-    """Add one streamed piece of a tool call to the calls assembled so far, and
-    return it as the relay shows it: {index, id?, name?, arguments}."""
-    index = int(call.get("index") or 0)
-    function = call.get("function") or {}
-    assembled = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-    fragment: dict[str, Any] = {"type": "tool_call", "index": index}
-    if call.get("id"):
-        assembled["id"] = fragment["id"] = str(call["id"])
-    if function.get("name"):
-        assembled["function"]["name"] += str(function["name"])
-        fragment["name"] = str(function["name"])
-    arguments = str(function.get("arguments") or "")
-    assembled["function"]["arguments"] += arguments
-    fragment["arguments"] = arguments
-    return fragment
+class _Choice:
+    """One choice of a streamed answer (n > 1 streams several, by index): its
+    pieces as they arrive, and the whole of it at the end."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.text: list[str] = []
+        self.refusal: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def take(self, delta: Mapping[str, Any], logprobs: Any) -> list[dict[str, Any]]:
+        """A chunk's delta (and logprobs) for this choice, as the relay's typed
+        pieces: `delta` (text), `tool_call`, `refusal`, `logprobs`; those of a choice
+        after the first carry its index as `choice`."""
+        parts: list[dict[str, Any]] = []
+        piece = delta.get("content")
+        if isinstance(piece, str) and piece:
+            self.text.append(piece)
+            parts.append({"type": "delta", "text": piece})
+        for call in delta.get("tool_calls") or ():
+            parts.append(self._call_piece(call))
+        said_no = delta.get("refusal")
+        if isinstance(said_no, str) and said_no:
+            self.refusal.append(said_no)
+            parts.append({"type": "refusal", "text": said_no})
+        entries = (logprobs or {}).get("content") if isinstance(logprobs, Mapping) else None
+        if isinstance(entries, list) and entries:
+            self.logprobs.extend(entries)
+            parts.append({"type": "logprobs", "content": entries})
+        if self.index:
+            for part in parts:
+                part["choice"] = self.index
+        return parts
+
+    def _call_piece(self, call: Mapping[str, Any]) -> dict[str, Any]:
+        """Add one streamed piece of a tool call to the calls assembled so far, and
+        return it as the relay shows it: {index, id?, name?, arguments}."""
+        index = int(call.get("index") or 0)
+        function = call.get("function") or {}
+        assembled = self.calls.setdefault(
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        fragment: dict[str, Any] = {"type": "tool_call", "index": index}
+        if call.get("id"):
+            assembled["id"] = fragment["id"] = str(call["id"])
+        if function.get("name"):
+            assembled["function"]["name"] += str(function["name"])
+            fragment["name"] = str(function["name"])
+        arguments = str(function.get("arguments") or "")
+        assembled["function"]["arguments"] += arguments
+        fragment["arguments"] = arguments
+        return fragment
+
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        return [self.calls[index] for index in sorted(self.calls)] or None
+
+    def whole(self) -> dict[str, Any]:
+        """A choice after the first as a job keeps it (Job.choices)."""
+        return {
+            "index": self.index,
+            "output": "".join(self.text),
+            "tool_calls": self.tool_calls(),
+            "refusal": "".join(self.refusal),
+            "logprobs": self.logprobs or None,
+            "finish_reason": self.finish_reason or "",
+        }
 
 
 def _interrupter(response: Any) -> Callable[[], None]:

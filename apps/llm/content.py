@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from apps.catalog.models import Provider
 from apps.core.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ def _media_tokens(spec: ModelSpec, messages: Iterable[Mapping[str, Any]], *, ref
                     code="remote_media_not_allowed",
                     param=f"{param}.image_url.url",
                 )
+            total += spec.max_tokens_per_part
+            continue
+        if spec.provider != Provider.OPENAI:  # not OpenAI's tiles: the model's own count, at most the cap
             total += spec.max_tokens_per_part
             continue
         detail = str(image.get("detail") or "auto") if isinstance(image, Mapping) else "auto"

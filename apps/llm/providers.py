@@ -183,6 +183,9 @@ class ChatResult:
     reasoning_tokens: int = 0  # of output_tokens, what a reasoning model thought
     service_tier: str = ""  # the tier the provider says served the call (OpenAI's), priced by the catalog
     system_fingerprint: str = ""  # the provider's backend configuration, as it sent it
+    # n > 1: the choices after the first (the fields above), as a job keeps them:
+    # [{index, output, tool_calls, refusal, logprobs, finish_reason}].
+    choices: list[dict[str, Any]] | None = None
 
 
 def provider_api_key(spec: ModelSpec) -> str:

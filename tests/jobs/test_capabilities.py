@@ -83,6 +83,29 @@ def test_a_fallback_step_that_cannot_take_the_request_is_skipped(
     assert int(upstream.stats()["chat_per_model"].get("local-small", 0)) == 0
 
 
+def test_a_fallback_step_that_cannot_take_the_requests_images_is_skipped(
+    worker, committed_personas: Personas, local_small, upstream
+):
+    premium = LLMModel.objects.filter(slug="premium-large")
+    FallbackPolicy.objects.create(tier="premium", chain=["premium-large", "local-small"])
+    _edit(premium, input_modalities=["text", "image"])
+    try:
+        upstream.add_faults({"model": "premium-large", "status": 500, "message": "premium is down", "times": 10})
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+        messages = [{"role": "user", "content": [{"type": "text", "text": "what is this"}, image]}]
+        carol = committed_personas.carol
+        created = carol.client().post("/api/v1/jobs", {"model": "premium-large", "messages": messages}, format="json")
+        assert created.status_code == 202, created.json()
+        job = job_until_final(carol.client(), created.json()["id"], timeout=30)
+        assert job["status"] == "failed"
+        skipped = [a for a in job["attempts"] if a["model"] == "local-small"]
+        assert [a["outcome"] for a in skipped] == ["skipped"]
+        assert "does not take image input" in skipped[0]["message"]
+        assert int(upstream.stats()["chat_per_model"].get("local-small", 0)) == 0
+    finally:
+        _edit(premium, input_modalities=["text"])
+
+
 def test_a_developer_message_is_sent_as_system_where_the_model_lacks_the_role(
     platform_server, worker, committed_personas: Personas, local_small, upstream
 ):

@@ -363,3 +363,26 @@ def test_the_legacy_functions_are_sent_as_tools_and_answered_as_function_call(sd
     sent = _sent(upstream)
     assert sent["messages"][1]["tool_calls"][0]["id"] == sent["messages"][2]["tool_call_id"]
     assert sent["messages"][2]["role"] == "tool"
+
+
+def test_the_providers_system_fingerprint_is_relayed_and_kept(
+    sdk: openai.OpenAI, upstream, committed_personas: Personas
+):
+    from devtools.upstream import FINGERPRINT
+
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="local-small", messages=[{"role": "user", "content": "fingerprint please"}]
+    )
+    assert raw.parse().system_fingerprint == FINGERPRINT
+    assert raw.parse().service_tier is None  # the upstream names no tier: none is made up
+    chunks = list(
+        sdk.chat.completions.create(
+            model="local-small",
+            messages=[{"role": "user", "content": "fingerprint streamed"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].system_fingerprint == FINGERPRINT
+    job = job_until_final(committed_personas.alice.client(), raw.headers["x-aip-job-id"])
+    assert (job["system_fingerprint"], job["service_tier"]) == (FINGERPRINT, None)

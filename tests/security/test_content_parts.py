@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+from django_tenants.utils import tenant_context
 
 from apps.catalog.models import LLMModel, Provider
 from apps.jobs.models import Job
@@ -144,6 +145,24 @@ def test_parts_are_held_at_a_worst_case_and_count_against_the_context(personas: 
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("provider", [Provider.VLLM, Provider.OLLAMA, Provider.LLAMA_CPP, Provider.OTHER])
+def test_images_are_counted_by_their_providers_rule(personas: Personas, provider: str):
+    """OpenAI's tiles are OpenAI's: another provider's vision encoder counts an
+    image its own way, so every image is held at the model's per-part maximum,
+    whatever its size or detail."""
+    client = personas.alice.client()
+    text_only = count_message_tokens([{"role": "user", "content": [TEXT]}])
+    small = _image(_png(64, 64), detail="low")
+    _takes("routing-probe", "image", provider=Provider.OPENAI, max_tokens_per_part=1445)
+    response = client.post("/api/v1/jobs", _body(small, model="routing-probe"), format="json")
+    assert Job.objects.get(pk=response.json()["id"]).input_tokens_estimate - text_only < 765
+    _takes("routing-probe", "image", provider=provider, max_tokens_per_part=1445)
+    for part in (small, _image(_png(2048, 2048)), _image(_png(8, 8), detail="high")):
+        response = client.post("/api/v1/jobs", _body(part, model="routing-probe"), format="json")
+        assert response.status_code == 202, response.json()
+        assert Job.objects.get(pk=response.json()["id"]).input_tokens_estimate == text_only + 1445
+
+
 def test_parts_are_bounded_in_number_and_size(personas: Personas, settings):
     client = personas.alice.client()
     _takes("routing-probe", "image")
@@ -206,3 +225,36 @@ def test_a_provider_without_usage_bills_the_parts_at_what_was_held(worker, commi
             input_modalities=["text"], max_tokens_per_part=DEFAULT_MAX_TOKENS_PER_PART
         )
         catalog_cache_clear()
+
+
+def test_a_hold_counts_the_input_as_the_dearest_counting_step_of_the_chain(personas: Personas):
+    """A fallback that counts an image by another provider's rule (the whole
+    per-part maximum) is held at its count, not the requested model's."""
+    from decimal import Decimal
+
+    from apps.billing.services import chain_worst_case
+    from apps.catalog.selectors import model_get
+    from apps.controls.models import FallbackPolicy, TenantBudget
+
+    carol = personas.carol
+    TenantBudget.objects.create(tenant=carol.tenant, period="day", limit_usd=Decimal("10"))
+    _takes("routing-probe", "image", provider=Provider.OPENAI, max_tokens_per_part=1445)
+    _takes("premium-large", "image", provider=Provider.VLLM, max_tokens_per_part=1445)
+    small = _image(_png(64, 64), detail="low")
+    text_only = count_message_tokens([{"role": "user", "content": [TEXT]}])
+    body = {**_body(small, model="routing-probe"), "max_tokens": 10}
+    alone = carol.client().post("/api/v1/jobs", body, format="json")
+    assert alone.status_code == 202, alone.json()
+    FallbackPolicy.objects.create(tier="premium", chain=["routing-probe", "premium-large"])
+    chained = carol.client().post("/api/v1/jobs", body, format="json")
+    assert chained.status_code == 202, chained.json()
+    with tenant_context(carol.tenant):
+        alone_job, chained_job = (Job.objects.get(pk=r.json()["id"]) for r in (alone, chained))
+    assert alone_job.input_tokens_estimate == chained_job.input_tokens_estimate < text_only + 765
+    steps = [model_get("routing-probe"), model_get("premium-large")]
+    assert chained_job.reserved_micros == chain_worst_case(
+        steps,  # type: ignore[arg-type]
+        input_tokens=text_only + 1445,
+        max_tokens=10,
+    )
+    assert chained_job.reserved_micros > alone_job.reserved_micros

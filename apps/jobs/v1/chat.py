@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from apps.core.errors import (
     validation_error_body,
 )
 from apps.core.threads import in_thread
-from apps.llm.capabilities import legacy_functions
 from apps.ratelimit.limits import (
     ratelimit_headers,
 )
@@ -48,7 +46,7 @@ from ..leases import KeyRevoked, StreamLease, lease_acquire, release_on_close
 from ..lifecycle import job_cancel
 from ..models import Job, JobStatus
 from ..serializers import JobCreateSerializer
-from ..sse import HEARTBEAT, job_event_stream, load_job
+from ..sse import job_event_stream, load_job
 from ..submit import JobRequest, Submission, job_submit
 from .common import (
     COST_HEADER,
@@ -57,22 +55,13 @@ from .common import (
     as_openai_error,
     authenticated_body,
     invalid_key_response,
+    job_failure,
     json_error,
     method_not_allowed,
     provider_error_response,
 )
-from .shapes import (
-    Answer,
-    as_function_call,
-    assistant_message,
-    chunk_bytes,
-    completion_id,
-    function_call_delta,
-    job_usage,
-    legacy_finish,
-    tool_call_delta,
-    usage_from_event,
-)
+from .shapes import Answer, completion_body, job_served, job_usage
+from .stream import job_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -183,22 +172,6 @@ def _submit(header: str, raw_body: bytes, idempotency_key: str | None) -> _Submi
         release_connection()  # the response follows the job's stream, maybe for minutes
 
 
-def _failure(job: Job, headers: dict[str, str] | None = None) -> JsonResponse:
-    """A failed or cancelled job as an OpenAI error (see provider_error_response);
-    a cancel is a 409 that the SDK must not retry (the job it made was cancelled)."""
-    if job.status == JobStatus.CANCELLED:
-        body = error_body(error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled.")
-        return json_error(409, body, {**(headers or {}), NO_RETRY: "false"})
-    return provider_error_response(
-        error_type=job.error_type,
-        status=job.error_status,
-        message=job.error_message,
-        code=job.error_code or None,
-        param=job.error_param or None,
-        headers=headers,
-    )
-
-
 @csrf_exempt  # an API authenticated by bearer key, not a browser form
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     if request.method != "POST":
@@ -246,30 +219,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             headers=headers,
         )
     if final["status"] != JobStatus.SUCCEEDED:
-        return _failure(await in_thread(load_job, schema, job.pk), headers)
+        return job_failure(await in_thread(load_job, schema, job.pk), headers)
     if usage is None or usage["cost_usd"] is None:  # served from Postgres, or from the cache at submission
-        usage = job_usage(await in_thread(load_job, schema, job.pk))
+        stored = await in_thread(load_job, schema, job.pk)
+        usage, answer.served = job_usage(stored), job_served(stored)
     if usage["cost_usd"] is not None:
         headers[COST_HEADER] = usage["cost_usd"]
-    message = assistant_message("".join(answer.pieces), answer.calls, "".join(answer.refusal))
-    legacy = legacy_functions(job.params)  # asked with the legacy functions: answered with function_call
-    if legacy:
-        message = as_function_call(message)
-    completion = {
-        "id": completion_id(job),
-        "object": "chat.completion",
-        "created": int(job.created_at.timestamp()),
-        "model": final.get("model") or job.model,  # the model that answered (a fallback step, a rollout)
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": legacy_finish(final["finish_reason"]) if legacy else final["finish_reason"],
-                "logprobs": {"content": answer.logprobs, "refusal": None} if answer.logprobs else None,
-            }
-        ],
-        "usage": usage,
-    }
+    completion = completion_body(job, answer, usage)
     return JsonResponse(completion, headers=headers)
 
 
@@ -283,15 +239,7 @@ async def _wait_for_answer(request: HttpRequest, schema: str, job: Job, lease: S
     and only while the client is still there (aiplatform.asgi's StreamHandler sets
     `client_gone`); else the error response. Giving up stops the wait, not the job."""
     if job.status == JobStatus.SUCCEEDED:  # answered at submission (from the cache)
-        final = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
-        return Answer(
-            final,
-            pieces=[job.output],
-            calls=job.tool_calls or [],
-            refusal=[job.refusal] if job.refusal else [],
-            logprobs=job.logprobs or [],
-            usage=job_usage(job),
-        )
+        return Answer.of_job(job)
     collect = asyncio.ensure_future(_collect(schema, job, lease))
     waits: set[asyncio.Future[Any]] = {collect}
     gone: asyncio.Event | None = getattr(request, "client_gone", None)
@@ -324,7 +272,7 @@ async def _collect(schema: str, job: Job, lease: StreamLease) -> Answer:
     answer = Answer({})
     async for _, event in job_event_stream(schema, job, lease=lease):
         if event["type"] in ("done", "error"):
-            answer.final = {**event, **({"model": answer.final["model"]} if "model" in answer.final else {})}
+            answer.final = event
             return answer
         answer.take(event)
     raise AssertionError("a job's event stream ends with done or error")
@@ -338,7 +286,7 @@ async def _chunks(
     sends an `error` event (the SDK raises it) and no [DONE]; so does a key revoked
     while it streams."""
     try:
-        async for chunk in _job_chunks(schema, job, include_usage, lease):
+        async for chunk in job_chunks(schema, job, include_usage, lease):
             yield chunk
         stop.finished = True  # the stream came to its end (answer or error)
     except KeyRevoked as exc:
@@ -347,65 +295,3 @@ async def _chunks(
         yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
     finally:
         await lease.release()
-
-
-async def _job_chunks(schema: str, job: Job, include_usage: bool, lease: StreamLease) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    yield chunk_bytes(job, created, {"role": "assistant", "content": ""})
-    usage: dict[str, Any] | None = None
-    answered: str | None = None  # the model that answered, from the usage event
-    sent = False  # any content yet
-    async for _, event in job_event_stream(schema, job, lease=lease):
-        kind = event["type"]
-        if event is HEARTBEAT[1]:
-            yield b": keep-alive\n\n"
-        elif kind == "delta":
-            sent = True
-            yield chunk_bytes(job, created, {"content": event["text"]})
-        elif kind == "tool_call":
-            sent = True
-            if legacy_functions(job.params):
-                delta = function_call_delta(event)
-                if delta is not None:
-                    yield chunk_bytes(job, created, delta)
-            else:
-                yield chunk_bytes(job, created, tool_call_delta(event))
-        elif kind == "refusal":
-            sent = True
-            yield chunk_bytes(job, created, {"refusal": event["text"]})
-        elif kind == "logprobs":
-            yield chunk_bytes(job, created, {}, logprobs={"content": event["content"], "refusal": None})
-        elif kind == "fallback":
-            if not sent:  # nothing shown yet: the next model's answer streams on seamlessly
-                continue
-            # OpenAI's chunks cannot take back text a client has shown: end with an
-            # error (the SDK raises it) rather than splice two answers together.
-            body = error_body(
-                error_type="server_error",
-                code="provider_stream_broken",
-                message=f"{event['from']}'s stream broke mid-answer ({event['reason']}); the job continues on"
-                f" {event['to']}: its complete answer will be at GET /api/v1/jobs/{job.pk}.",
-            )
-            yield b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-            return
-        elif kind == "usage":
-            usage, answered = usage_from_event(event), event.get("model")
-        elif kind == "done" and event["status"] == JobStatus.SUCCEEDED:
-            finish = event["finish_reason"] or "stop"
-            yield chunk_bytes(job, created, {}, legacy_finish(finish) if legacy_functions(job.params) else finish)
-            if include_usage:
-                if usage is None or usage["cost_usd"] is None:  # served from Postgres
-                    usage = job_usage(await in_thread(load_job, schema, job.pk))
-                closing: dict[str, Any] = {
-                    "id": completion_id(job),
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": answered or job.model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                yield b"data: " + json.dumps(closing, separators=(",", ":")).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
-        else:  # error, or done with status cancelled
-            failure = _failure(await in_thread(load_job, schema, job.pk))
-            yield b"data: " + failure.content + b"\n\n"

@@ -14,6 +14,8 @@ from apps.core.errors import ApiError, error_body
 from apps.core.jsonbody import json_loads
 from apps.llm.providers import REQUEST_ERROR_STATUSES
 
+from ..models import Job, JobStatus
+
 JOB_ID_HEADER = "x-aip-job-id"
 COST_HEADER = "x-aip-cost-usd"  # what a non-stream call cost (streams: the usage chunk's cost_usd)
 # The SDKs retry 408, 409, 429 and 5xx unless an answer says not to: what is
@@ -87,3 +89,19 @@ def provider_error_response(
         return json_error(429, body, headers)
     http_status = 504 if error_type == "provider_timeout" else 502
     return json_error(http_status, error_body(error_type="server_error", code=error_type, message=message), headers)
+
+
+def job_failure(job: Job, headers: dict[str, str] | None = None) -> JsonResponse:
+    """A failed or cancelled job as an OpenAI error (see provider_error_response);
+    a cancel is a 409 that the SDK must not retry (the job it made was cancelled)."""
+    if job.status == JobStatus.CANCELLED:
+        body = error_body(error_type="invalid_request_error", code="job_cancelled", message="The job was cancelled.")
+        return json_error(409, body, {**(headers or {}), NO_RETRY: "false"})
+    return provider_error_response(
+        error_type=job.error_type,
+        status=job.error_status,
+        message=job.error_message,
+        code=job.error_code or None,
+        param=job.error_param or None,
+        headers=headers,
+    )

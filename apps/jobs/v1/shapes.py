@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apps.billing.money import usd_string
+from apps.llm.capabilities import legacy_functions
 
+from ..events import finish_reasons, stored_answer_events
 from ..models import Job
 
 
@@ -43,19 +45,15 @@ def openai_usage(
 
 
 @dataclass
-class Answer:
-    """An answer assembled from a job's events: its text pieces, tool calls,
-    refusal, logprobs, usage and closing event."""
+class ChoiceAnswer:
+    """One choice of an answer: its text pieces, tool calls, refusal, logprobs."""
 
-    final: dict[str, Any]
     pieces: list[str] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     refusal: list[str] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
 
     def take(self, event: dict[str, Any]) -> None:
-        """One event of the answer's stream (not its closing one)."""
         kind = event["type"]
         if kind == "delta":
             self.pieces.append(event["text"])
@@ -65,15 +63,81 @@ class Answer:
             self.refusal.append(event["text"])
         elif kind == "logprobs":
             self.logprobs.extend(event["content"])
+
+
+ANSWER_PIECES = frozenset({"delta", "tool_call", "refusal", "logprobs"})
+
+
+@dataclass
+class Answer:
+    """An answer assembled from a job's events: each choice (n > 1: several, by
+    the events' `choice`), the usage, what served it, and the closing event."""
+
+    final: dict[str, Any]
+    choices: dict[int, ChoiceAnswer] = field(default_factory=lambda: {0: ChoiceAnswer()})
+    usage: dict[str, Any] | None = None
+    served: dict[str, Any] = field(default_factory=dict)  # model, service_tier, system_fingerprint
+
+    @classmethod
+    def of_job(cls, job: Job) -> Answer:
+        """A stored answer (a finished job's)."""
+        final: dict[str, Any] = {"type": "done", "status": job.status, "finish_reason": job.finish_reason}
+        if job.choices:
+            final["finish_reasons"] = finish_reasons(job)
+        answer = cls(final, usage=job_usage(job), served=job_served(job))
+        for event in stored_answer_events(job):
+            answer.take(event)
+        return answer
+
+    def take(self, event: dict[str, Any]) -> None:
+        """One event of the answer's stream (not its closing one)."""
+        kind = event["type"]
+        if kind in ANSWER_PIECES:
+            self.choices.setdefault(event.get("choice", 0), ChoiceAnswer()).take(event)
         elif kind == "fallback":  # the next model starts over
-            self.pieces.clear()
-            self.calls.clear()
-            self.refusal.clear()
-            self.logprobs.clear()
+            self.choices = {0: ChoiceAnswer()}
         elif kind == "usage":
             self.usage = usage_from_event(event)
-            if event.get("model"):
-                self.final = {**self.final, "model": event["model"]}
+            self.served = {name: event.get(name) for name in ("model", "service_tier", "system_fingerprint")}
+
+
+def job_served(job: Job) -> dict[str, Any]:
+    """What served a stored answer: the model that answered, the provider's tier
+    and fingerprint."""
+    return {
+        "model": job.answered_by or job.model,
+        "service_tier": job.service_tier or None,
+        "system_fingerprint": job.system_fingerprint or None,
+    }
+
+
+def completion_body(job: Job, answer: Answer, usage: dict[str, Any]) -> dict[str, Any]:
+    """The non-stream answer: every choice's message, finish reason and logprobs."""
+    legacy = legacy_functions(job.params)  # asked with the legacy functions: answered with function_call
+    reasons = answer.final.get("finish_reasons") or [answer.final["finish_reason"]]
+    choices = []
+    for index in sorted(answer.choices):
+        choice = answer.choices[index]
+        message = assistant_message("".join(choice.pieces), choice.calls, "".join(choice.refusal))
+        reason = reasons[index] if index < len(reasons) else None
+        choices.append(
+            {
+                "index": index,
+                "message": as_function_call(message) if legacy else message,
+                "finish_reason": legacy_finish(reason) if legacy else reason,
+                "logprobs": {"content": choice.logprobs, "refusal": None} if choice.logprobs else None,
+            }
+        )
+    return {
+        "id": completion_id(job),
+        "object": "chat.completion",
+        "created": int(job.created_at.timestamp()),
+        "model": answer.served.get("model") or job.model,  # the model that answered (a fallback step, a rollout)
+        "choices": choices,
+        "usage": usage,
+        "service_tier": answer.served.get("service_tier"),
+        "system_fingerprint": answer.served.get("system_fingerprint"),
+    }
 
 
 def assemble(calls: list[dict[str, Any]], event: dict[str, Any]) -> None:
@@ -128,13 +192,14 @@ def chunk_bytes(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> bytes:
     chunk = {
         "id": completion_id(job),
         "object": "chat.completion.chunk",
         "created": created,
         "model": job.model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
