@@ -180,6 +180,8 @@ def test_models_say_what_they_serve_and_the_endpoints_hold_them_to_it(
     listed = {model.id: (model.model_extra or {})["capabilities"] for model in sdk.models.list()}
     assert listed["local-small"]["chat"] is True and listed["local-small"]["embeddings"] is True
     assert listed["local-small"]["input_modalities"] == ["text"]
+    assert (listed["local-small"]["max_n"], listed["local-small"]["store"]) == (1, False)
+    assert listed["local-small"]["service_tiers"] == ["auto", "default"]
     # Token ids only where the model takes them.
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.embeddings.create(model="local-small", input=[[1, 2, 3]])

@@ -200,6 +200,28 @@ def test_v1_clients_get_a_bad_request_naming_the_part(platform_server, committed
     assert raised.value.param == "messages.0.content.1"
 
 
+def test_an_image_reaches_a_vision_model_through_the_sdk_as_sent(
+    platform_server, worker, committed_personas: Personas, upstream
+):
+    from apps.catalog.selectors import catalog_cache_clear
+
+    sdk = openai.OpenAI(
+        base_url=f"{platform_server.url}/v1", api_key=committed_personas.alice.key, max_retries=0, timeout=20
+    )
+    _takes("local-small", "image")
+    catalog_cache_clear()
+    try:
+        image = _image(_png(640, 480), detail="high")
+        messages: Any = [{"role": "user", "content": [TEXT, image]}]
+        completion = sdk.chat.completions.create(model="local-small", messages=messages)
+        assert completion.choices[0].message.content == "Echo: What is in this picture?"
+        bodies = [r["body"] for r in upstream.stats()["last_requests"] if r["path"].endswith("/chat/completions")]
+        assert bodies[-1]["messages"] == [{"role": "user", "content": [TEXT, image]}]
+    finally:
+        _takes("local-small")
+        catalog_cache_clear()
+
+
 def test_a_provider_without_usage_bills_the_parts_at_what_was_held(worker, committed_personas: Personas, upstream):
     """llama.cpp-like servers send no usage: the estimate counts the text with
     tiktoken (which sees nothing in a part) and each part at what admission held."""
