@@ -131,7 +131,8 @@ class Size(_Checks):
 
 class Capabilities(_Checks):
     """What the request needs that the model cannot take (tools, a JSON schema,
-    reasoning settings, provider extras): a 400 naming the field."""
+    reasoning settings, provider extras, store, a service tier): a 400 naming
+    the field."""
 
     def take(self, admission: Admission) -> None:
         lacking = missing(admission.model_spec, admission.params)
@@ -233,20 +234,21 @@ class TokenBuckets:
 
 class BudgetHold:
     """The worst-case cost held on every budget of the caller, before anything
-    is stored: the dearest model the chain may call, at the output it is sent.
+    is stored: the dearest model the chain may call, at the output it is sent
+    and the service tier it asked for (billing.services.hold_multiple).
     Larger than what is left of a budget: refused naming the max_tokens that
     fits or, when the request set none, held and sent at that max_tokens."""
 
     def take(self, admission: Admission) -> None:
         steps = admission.chain or [admission.model_spec]
         requested_max = admission.params.get("max_tokens")
-        input_tokens = admission.input_tokens
+        input_tokens, tier = admission.input_tokens, admission.params.get("service_tier")
         cap = requested_max or max(step.max_output_tokens for step in steps)
         hold = budget_hold(
             principal=admission.principal,
             job_id=admission.id,
-            amount_micros=chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max),
-            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room),
+            amount_micros=chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max, tier=tier),
+            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room, tier=tier),
             adjust=requested_max is None,
         )
         admission.held, admission.max_tokens = hold.amount, hold.max_tokens

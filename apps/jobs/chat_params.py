@@ -204,7 +204,9 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
     }
 
 
-# What the provider is sent as it was sent to us (beside messages and the output allowance).
+# What the provider is sent as it was sent to us (beside messages and the output
+# allowance), where its model takes it (apps.llm.capabilities: store and
+# service_tier only to the models whose catalog entry allows them).
 FORWARDED = (
     "temperature",
     "top_p",
@@ -237,6 +239,8 @@ FORWARDED = (
     "min_p",
     "repetition_penalty",
     "chat_template_kwargs",
+    "store",
+    "service_tier",
 )
 
 # OpenAI's optional fields: null means absent (what SDKs and frameworks send).
@@ -247,8 +251,6 @@ NULLABLE = frozenset(
         "max_completion_tokens",
         "n",
         "metadata",
-        "store",
-        "service_tier",
         "stream",
         "stream_options",
     }
@@ -284,8 +286,3 @@ def chat_checks(data: dict[str, Any]) -> None:
     listed = [tool["function"]["name"] for tool in data.get("tools") or []]
     if len(listed) != len(set(listed)):
         fail("tools", "Each tool needs a name of its own.")
-    if data.get("store"):
-        # Stored completions live in the provider account the platform calls with: ours.
-        fail("store", "Storing completions at the provider is not available: send store false, or leave it out.")
-    if data.get("service_tier") not in (None, "auto", "default"):
-        fail("service_tier", "Only the auto and default service tiers are available.")
