@@ -21,6 +21,9 @@ API routes (answered with and without the ``/v1`` prefix):
                              ``"Tool results: " + their texts``. ``response_format``
                              json_object: ``{"echo": <text>}``; json_schema: an
                              instance of the schema (strings are the user's text).
+                             ``service_tier`` in the answer and every chunk: the
+                             request's (``auto`` as ``default``), or the
+                             configured one; absent when neither names one.
   POST /v1/embeddings        deterministic unit vectors from a hash of the input
                              (1536 dims unless ``dimensions``): a fixed per-dimension
                              float32 basis with hash-chosen signs, so different
@@ -38,7 +41,8 @@ Control API (for tests, never behind the API key):
                              requests hanging on a timeout fault answer 503
   POST /_control/configure   {"latency_ms", "chunk_delay_ms", "stream_usage",
                               "nonstream_usage", "reply", "embedding_aliases",
-                              "error_rates", "usage_details", "reasoning"}
+                              "error_rates", "usage_details", "reasoning",
+                              "service_tier"}
                              (any subset)
   POST /_control/faults      {"faults": [fault, ...]} appended to a queue. A fault:
                              kind "error" (default) | "timeout" | "cut_stream";
@@ -129,6 +133,10 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     # A reasoning model's thinking, streamed as `reasoning_content` before the answer
     # (vLLM's and DeepSeek's field), and in a non-stream message.
     "reasoning": (str, type(None)),
+    # The service tier every answer reports (a project set to that tier), "" for
+    # none (a server that says nothing); null: the tier the request named, "auto"
+    # answered as "default" (OpenAI's, for a project on default), none when it named none.
+    "service_tier": (str, type(None)),
 }
 _FAULT_KINDS = ("error", "timeout", "cut_stream")
 _FAULT_ENDPOINTS = ("chat", "embeddings", "any")
@@ -556,6 +564,7 @@ class UpstreamApp:
             "error_rates": {},
             "usage_details": {},
             "reasoning": None,
+            "service_tier": None,
         }
         self._ids = itertools.count(1)
         self._id_prefix = "%08x" % (int(time.time() * 1000) & 0xFFFFFFFF)
@@ -582,6 +591,7 @@ class UpstreamApp:
         self.error_rates: dict[str, float] = dict(s["error_rates"])
         self.usage_details: dict[str, int] = dict(s["usage_details"])
         self.reasoning: str | None = s["reasoning"]
+        self.service_tier: str | None = s["service_tier"]
         self._error_rng = random.Random(7)
         self.faults: list[_Fault] = []
         self.total = 0
@@ -608,6 +618,7 @@ class UpstreamApp:
             "error_rates": self.error_rates,
             "usage_details": self.usage_details,
             "reasoning": self.reasoning,
+            "service_tier": self.service_tier,
         }
 
     def configure(self, **kw: Any) -> None:
@@ -818,6 +829,10 @@ class UpstreamApp:
         completion_tokens = sum(a.tokens for a in answers)
         created = int(time.time())
         headers = [(b"x-request-id", ("req_" + cid[9:]).encode())]
+        tier = self.service_tier
+        if tier is None:
+            asked = body.get("service_tier")
+            tier = ("default" if asked == "auto" else asked) if isinstance(asked, str) else ""
         if not stream:
             payload: dict[str, Any] = {
                 "id": cid,
@@ -827,6 +842,8 @@ class UpstreamApp:
                 "choices": [a.whole(self.reasoning) for a in answers],
                 "system_fingerprint": FINGERPRINT,
             }
+            if tier:
+                payload["service_tier"] = tier
             if self.nonstream_usage:
                 payload["usage"] = _usage(prompt_tokens, completion_tokens, self.usage_details)
             out = _dumps(payload).encode()
@@ -858,11 +875,12 @@ class UpstreamApp:
         so = body.get("stream_options")
         send_usage = self.stream_usage and isinstance(so, dict) and so.get("include_usage") is True
         opening = (
-            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"system_fingerprint":"%s"'
+            b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,%s"system_fingerprint":"%s"'
             % (
                 cid.encode(),
                 created,
                 _enc_str(model).encode(),
+                b'"service_tier":%s,' % _enc_str(tier).encode() if tier else b"",
                 FINGERPRINT.encode(),
             )
         )
@@ -884,6 +902,7 @@ class UpstreamApp:
                         "created": created,
                         "model": model,
                         "system_fingerprint": FINGERPRINT,
+                        **({"service_tier": tier} if tier else {}),
                         "choices": [],
                         "usage": _usage(prompt_tokens, completion_tokens, self.usage_details),
                     }

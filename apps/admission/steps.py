@@ -154,7 +154,8 @@ def chain_input(steps: list[ModelSpec], admission: Admission) -> int:
 
 class Capabilities(_Checks):
     """What the request needs that the model cannot take (tools, a JSON schema,
-    reasoning settings, provider extras): a 400 naming the field."""
+    reasoning settings, provider extras, store, a service tier): a 400 naming
+    the field."""
 
     def take(self, admission: Admission) -> None:
         lacking = missing(admission.model_spec, admission.params)
@@ -257,7 +258,8 @@ class TokenBuckets:
 class BudgetHold:
     """The worst-case cost held on every budget of the caller, before anything
     is stored: the dearest model the chain may call, at the output it is sent
-    (for each of n choices).
+    (for each of n choices), and the service tier it asked for
+    (billing.services.hold_multiple).
     Larger than what is left of a budget: refused naming the max_tokens that
     fits or, when the request set none, held and sent at that max_tokens."""
 
@@ -265,12 +267,17 @@ class BudgetHold:
         steps = admission.chain or [admission.model_spec]
         requested_max = admission.params.get("max_tokens")
         input_tokens, choices = chain_input(steps, admission), int(admission.params.get("n") or 1)
+        tier = admission.params.get("service_tier")
         cap = requested_max or max(step.max_output_tokens for step in steps)
         hold = budget_hold(
             principal=admission.principal,
             job_id=admission.id,
-            amount_micros=chain_worst_case(steps, input_tokens=input_tokens, max_tokens=requested_max, choices=choices),
-            fit=lambda room: chain_fit(steps, input_tokens=input_tokens, cap=cap, room=room, choices=choices),
+            amount_micros=chain_worst_case(
+                steps, input_tokens=input_tokens, max_tokens=requested_max, choices=choices, tier=tier
+            ),
+            fit=lambda room: chain_fit(
+                steps, input_tokens=input_tokens, cap=cap, room=room, choices=choices, tier=tier
+            ),
             adjust=requested_max is None,
         )
         admission.held, admission.max_tokens = hold.amount, hold.max_tokens

@@ -22,15 +22,18 @@ def cost_micros(
     output_price: Decimal,
     cached_tokens: int = 0,
     cached_price: Decimal | None = None,
+    multiple: Decimal = Decimal(1),
 ) -> int:
     """The cost of a call in micro-dollars, rounded up. `cached_tokens` of the
-    input (the provider's prompt cache served them) cost `cached_price` each."""
+    input (the provider's prompt cache served them) cost `cached_price` each;
+    `multiple` scales every price (a service tier's: 2 for twice the catalog's),
+    before the one rounding."""
     cached = min(max(cached_tokens, 0), input_tokens) if cached_price is not None else 0
     total = (
         Decimal(input_tokens - cached) * input_price
         + Decimal(cached) * (cached_price or Decimal(0))
         + Decimal(output_tokens) * output_price
-    )
+    ) * multiple
     return int(total.to_integral_value(rounding=ROUND_CEILING))
 
 

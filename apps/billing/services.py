@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -20,6 +21,7 @@ from .models import LedgerKind
 from .money import cost_micros
 
 _tenant_ids: dict[str, int] = {}
+_ONE = Decimal(1)
 
 
 def held_input_tokens(spec: ModelSpec, input_tokens: int) -> int:
@@ -31,47 +33,96 @@ def held_input_tokens(spec: ModelSpec, input_tokens: int) -> int:
     return -(-input_tokens * (100 + settings.BUDGET_INPUT_ESTIMATE_MARGIN_PERCENT) // 100)
 
 
-def worst_case_cost(spec: ModelSpec, *, input_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
+def tier_multiple(spec: ModelSpec, tier: str | None) -> Decimal:
+    """The price multiple of a call served at `tier`: the catalog's for a tier the
+    model lists (its `service_tiers`), else 1 ("auto", "default", none, or a tier
+    the catalog does not price)."""
+    return dict(spec.service_tiers).get(tier or "", _ONE)
+
+
+def hold_multiple(spec: ModelSpec, tier: str | None) -> Decimal:
+    """The price multiple a request for service `tier` is held at on `spec`, never
+    below what the call can be charged (tier_multiple of the tier the provider
+    reports):
+
+    - a tier the request names is held at its own multiple: the provider serves
+      that tier or a cheaper one (OpenAI serves priority beyond its ramp limit at
+      default; flex without room is a 429, not another tier), and a step that
+      lacks it is skipped, never called at it;
+    - "default" is 1: standard prices;
+    - "auto" or none is the largest of 1 and every tier the model lists: OpenAI
+      serves it at the tier its project is set to (default, unless the operator
+      chose priority or bought scale units), which the catalog cannot know, so
+      the hold assumes the dearest one it prices. A reported tier the catalog
+      does not price is charged at 1, within that hold too."""
+    if tier in (None, "", "auto"):
+        return max((_ONE, *(multiple for _, multiple in spec.service_tiers)))
+    return tier_multiple(spec, tier)
+
+
+def worst_case_cost(
+    spec: ModelSpec, *, input_tokens: int, max_tokens: int | None, choices: int = 1, tier: str | None = None
+) -> int:
     """What a request may cost at most: its counted input (with a margin where the
     count is an estimate), and as many output tokens as it is sent (`max_tokens`,
     else the model's output limit) for each of its `choices` (n): the provider
-    cannot bill more."""
+    cannot bill more. At the requested service `tier`'s worst multiple
+    (hold_multiple)."""
     return cost_micros(
         input_tokens=held_input_tokens(spec, input_tokens),
         output_tokens=choices * output_allowance(spec, max_tokens),
         input_price=spec.input_price_per_mtok,
         output_price=spec.output_price_per_mtok,
+        multiple=hold_multiple(spec, tier),
     )
 
 
-def chain_worst_case(steps: Sequence[ModelSpec], *, input_tokens: int, max_tokens: int | None, choices: int = 1) -> int:
-    """The hold of a job that may call any of `steps` (its model, its fallbacks)."""
+def chain_worst_case(
+    steps: Sequence[ModelSpec],
+    *,
+    input_tokens: int,
+    max_tokens: int | None,
+    choices: int = 1,
+    tier: str | None = None,
+) -> int:
+    """The hold of a job that may call any of `steps` (its model, its fallbacks),
+    each at the requested service `tier`."""
     return max(
-        worst_case_cost(step, input_tokens=input_tokens, max_tokens=max_tokens, choices=choices) for step in steps
+        worst_case_cost(step, input_tokens=input_tokens, max_tokens=max_tokens, choices=choices, tier=tier)
+        for step in steps
     )
 
 
 def chain_fit(
-    steps: Sequence[ModelSpec], *, input_tokens: int, cap: int, room: int, choices: int = 1
+    steps: Sequence[ModelSpec],
+    *,
+    input_tokens: int,
+    cap: int,
+    room: int,
+    choices: int = 1,
+    tier: str | None = None,
 ) -> tuple[int, int] | None:
-    """The largest max_tokens (at most `cap`) whose hold over `steps` fits `room`
-    micro-dollars, with that hold; None when not even one output token fits."""
+    """The largest max_tokens (at most `cap`) whose hold over `steps` (at `tier`)
+    fits `room` micro-dollars, with that hold; None when not even one output token fits."""
     low, high = 0, cap  # invariant: low fits (or is 0), everything above high does not
     while low < high:
         middle = (low + high + 1) // 2
-        if chain_worst_case(steps, input_tokens=input_tokens, max_tokens=middle, choices=choices) <= room:
+        if chain_worst_case(steps, input_tokens=input_tokens, max_tokens=middle, choices=choices, tier=tier) <= room:
             low = middle
         else:
             high = middle - 1
     if low < 1:
         return None
-    return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low, choices=choices)
+    return low, chain_worst_case(steps, input_tokens=input_tokens, max_tokens=low, choices=choices, tier=tier)
 
 
-def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+def call_cost(
+    spec: ModelSpec, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0, tier: str | None = None
+) -> int:
     """What a call costs at the catalog's prices: input, the part of it the
     provider served from its prompt cache (at the cached-input price, where the
-    catalog sets one), and output (reasoning tokens are output)."""
+    catalog sets one), and output (reasoning tokens are output), all at the
+    multiple of the service `tier` that served it (tier_multiple)."""
     return cost_micros(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
@@ -79,6 +130,7 @@ def call_cost(spec: ModelSpec, *, input_tokens: int, output_tokens: int, cached_
         output_price=spec.output_price_per_mtok,
         cached_tokens=cached_tokens,
         cached_price=spec.cached_input_price_per_mtok,
+        multiple=tier_multiple(spec, tier),
     )
 
 

@@ -155,10 +155,19 @@ def deterministic(params: dict[str, Any]) -> bool:
 
 
 # Parameters sent to the provider that do not change its answer (who the end user
-# is, how the provider caches the prompt): left out of the exact key, so they do
-# not split identical requests into separate entries.
+# is, how the provider caches the prompt, whether it keeps the completion, which
+# service tier serves it: a tier changes speed and price, not the text): left out
+# of the exact key, so they do not split identical requests into separate entries.
 ANSWER_NEUTRAL = frozenset(
-    {"user", "safety_identifier", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"}
+    {
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "store",
+        "service_tier",
+    }
 )
 
 

@@ -200,7 +200,9 @@ def chat_fields() -> dict[str, serializers.Field[Any, Any, Any, Any]]:
     }
 
 
-# What the provider is sent as it was sent to us (beside messages and the output allowance).
+# What the provider is sent as it was sent to us (beside messages and the output
+# allowance), where its model takes it (apps.llm.capabilities: store and
+# service_tier only to the models whose catalog entry allows them).
 FORWARDED = (
     "n",
     "temperature",
@@ -234,6 +236,8 @@ FORWARDED = (
     "min_p",
     "repetition_penalty",
     "chat_template_kwargs",
+    "store",
+    "service_tier",
 )
 
 # OpenAI's optional fields: null means absent (what SDKs and frameworks send).
@@ -243,8 +247,6 @@ NULLABLE = frozenset(
         "max_tokens",
         "max_completion_tokens",
         "metadata",
-        "store",
-        "service_tier",
         "stream",
         "stream_options",
     }
@@ -280,8 +282,3 @@ def chat_checks(data: dict[str, Any]) -> None:
     listed = [tool["function"]["name"] for tool in data.get("tools") or []]
     if len(listed) != len(set(listed)):
         fail("tools", "Each tool needs a name of its own.")
-    if data.get("store"):
-        # Stored completions live in the provider account the platform calls with: ours.
-        fail("store", "Storing completions at the provider is not available: send store false, or leave it out.")
-    if data.get("service_tier") not in (None, "auto", "default"):
-        fail("service_tier", "Only the auto and default service tiers are available.")

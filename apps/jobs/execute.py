@@ -124,6 +124,7 @@ class JobHost:
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             cached_tokens=result.cached_tokens,
+            tier=result.service_tier or self.job.params.get("service_tier"),
         )
 
     def span_fields(self, tier: int) -> dict[str, Any] | None:

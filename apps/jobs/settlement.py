@@ -91,6 +91,23 @@ def job_hold_settle(*, job_id: uuid.UUID, cost: int) -> None:
             delay = min(2 * delay, 2.0)
 
 
+def job_served_tier(job: Job, spec: ModelSpec, *, reported: str = "") -> str | None:
+    """The service tier a call is priced at: the one the provider reported (OpenAI
+    names it in every chunk), else the one the request asked for (a provider that
+    says nothing, or a call stopped or broken before we kept what it said). No
+    cap: the ledger is the provider's bill; the hold was the worst case
+    (billing.services.hold_multiple). A reported tier the catalog does not price
+    is charged at 1, and the operator hears of it."""
+    if reported and reported not in ("auto", "default") and reported not in dict(spec.service_tiers):
+        logger.warning(
+            "job %s: %s reported service tier %r, which its catalog entry does not price: charged at 1x",
+            job.pk,
+            spec.slug,
+            reported,
+        )
+    return reported or job.params.get("service_tier")
+
+
 def job_answer_charge(
     *, job: Job, spec: ModelSpec, step: int, result: ChatResult, requested: ModelSpec | None, held_at: datetime
 ) -> tuple[bool, int]:
@@ -99,7 +116,11 @@ def job_answer_charge(
     then the hold is settled and the tokens reconciled. (Whether the job
     succeeded, its cost in micro-dollars.)"""
     cost = call_cost(
-        spec, input_tokens=result.input_tokens, output_tokens=result.output_tokens, cached_tokens=result.cached_tokens
+        spec,
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
+        cached_tokens=result.cached_tokens,
+        tier=job_served_tier(job, spec, reported=result.service_tier),
     )
     metrics.record_cost(current_schema(), spec.slug, cost)
     with transaction.atomic():
@@ -176,7 +197,7 @@ def job_stop_charge(*, job: Job, stop: CallStopped, requested: ModelSpec | None,
     if step_spec is not None and (stop.sent or stop.partial_output):
         used_in = job.input_tokens_estimate or 0
         used_out = count_text_tokens(stop.partial_output, step_spec.encoding)
-        cost = call_cost(step_spec, input_tokens=used_in, output_tokens=used_out)
+        cost = call_cost(step_spec, input_tokens=used_in, output_tokens=used_out, tier=job_served_tier(job, step_spec))
         ledger_record(
             kind=LedgerKind.CHARGE,
             user_id=job.user_id,
@@ -206,7 +227,7 @@ def job_partial_charge(*, job: Job, spec: ModelSpec, output: str, call: int = 0)
     those tokens, so the ledger shows the charge, and the refund that gives it
     back (the user got no answer). Both unique per attempt; the hold is released."""
     input_tokens, output_tokens = job.input_tokens_estimate, count_text_tokens(output, spec.encoding)
-    cost = call_cost(spec, input_tokens=input_tokens, output_tokens=output_tokens)
+    cost = call_cost(spec, input_tokens=input_tokens, output_tokens=output_tokens, tier=job_served_tier(job, spec))
     common: dict[str, Any] = {
         "user_id": job.user_id,
         "job_id": job.pk,

@@ -5,15 +5,19 @@ the request in the provider's own dialect.
 admission refuses the requested model with it (400 naming the field), and the
 call chain skips a fallback step with it instead of failing the job.
 `provider_request` is the one translation: a developer message becomes a
-system message for a model that lacks the role, and llama.cpp's server takes a
-JSON schema as `{"type": "json_object", "schema": ...}`."""
+system message for a model that lacks the role, llama.cpp's server takes a
+JSON schema as `{"type": "json_object", "schema": ...}`, `store` goes only to a
+model that allows it, and `service_tier` only to OpenAI's models and those
+whose catalog entry lists tiers: another server has nothing to do with them
+(vLLM, llama.cpp and Ollama ignore fields they do not know, vLLM with a warning
+per request, and a stricter server would refuse them)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apps.catalog.models import PROVIDER_EXTRAS, Provider
+from apps.catalog.models import PROVIDER_EXTRAS, SERVICE_TIERS, Provider
 from apps.catalog.selectors import ModelSpec
 
 from .content import PART_MODALITY, media_parts
@@ -52,6 +56,13 @@ def missing(
     for extra in PROVIDER_EXTRAS:
         if extra in params and extra not in spec.extra_params:
             return extra, f"Unknown parameter '{extra}' for {spec.slug} (its catalog entry allows none of that name)."
+    if params.get("store") and not spec.allows_store:
+        # Stored completions would live in the provider account the platform calls with.
+        return "store", f"{spec.slug} does not take store: true (send false, or leave it out)."
+    tier = params.get("service_tier")
+    served = (*SERVICE_TIERS[:2], *(name for name, _ in spec.service_tiers))
+    if tier is not None and tier not in served:
+        return "service_tier", f"{spec.slug} does not serve the {tier} service tier; it serves {', '.join(served)}."
     return None
 
 
@@ -63,6 +74,10 @@ def provider_request(
     if not spec.supports_developer_role and any(m.get("role") == "developer" for m in messages):
         out_messages = [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
     out_params = dict(params)
+    if not spec.allows_store:
+        out_params.pop("store", None)  # false is OpenAI's default; true was refused (missing)
+    if not (spec.provider == Provider.OPENAI or spec.service_tiers):
+        out_params.pop("service_tier", None)  # auto or default: what any other server does anyway
     if "functions" in out_params:
         out_messages, out_params = _functions_as_tools(out_messages, out_params)
     fmt = out_params.get("response_format") or {}

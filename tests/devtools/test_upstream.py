@@ -6,6 +6,7 @@ import base64
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -151,6 +152,25 @@ def test_nonstream_usage_disabled_and_fixed_reply(client: openai.OpenAI, upstrea
     resp = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert resp.usage is not None
     assert resp.choices[0].message.content == EXPECTED
+
+
+def test_the_service_tier_is_the_requests_or_the_configured_one(
+    client: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    def reported(asked: Any = openai.omit) -> tuple[str | None, set[str | None]]:
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, service_tier=asked)
+        chunks = client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}, service_tier=asked
+        )
+        return answer.service_tier, {chunk.service_tier for chunk in chunks}
+
+    assert reported() == (None, {None})  # none asked, none said (as vLLM)
+    assert reported("priority") == ("priority", {"priority"})
+    assert reported("auto") == ("default", {"default"})  # a project on default
+    upstream.configure(service_tier="scale")  # a project on scale units: whatever was asked
+    assert reported("auto") == ("scale", {"scale"})
+    upstream.configure(service_tier="")  # a server that never says
+    assert reported("flex") == (None, {None})
 
 
 def test_latency_and_chunk_delay(client: openai.OpenAI, upstream: UpstreamServer) -> None:
