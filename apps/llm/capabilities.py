@@ -20,7 +20,7 @@ from typing import Any
 from apps.catalog.models import PROVIDER_EXTRAS, SERVICE_TIERS, Provider
 from apps.catalog.selectors import ModelSpec
 
-from .content import PART_MODALITY, media_parts
+from .content import media_parts, part_refusal
 
 __all__ = ["PROVIDER_EXTRAS", "legacy_functions", "missing", "provider_request"]
 
@@ -34,15 +34,12 @@ def missing(
     spec: ModelSpec, params: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] = ()
 ) -> tuple[str, str] | None:
     """(the field, why) for the first thing in `params`, or in the `messages`'
-    content parts, the model cannot take. (Admission checks the requested model's
-    parts itself, with their sizes: apps/llm/content.py.)"""
+    content parts, the model cannot take (content.part_refusal, which admission's
+    count of the requested model's parts refuses with too)."""
     for param, part in media_parts(messages):
-        modality = PART_MODALITY.get(str(part.get("type")))
-        if modality is None or modality not in spec.input_modalities:
-            return param, f"{spec.slug} does not take {modality or part.get('type')} input."
-        url = str((part.get("image_url") or {}).get("url", "")) if modality == "image" else ""
-        if url and not url.startswith("data:") and not spec.allow_remote_media:
-            return f"{param}.image_url.url", f"{spec.slug} does not take image URLs."
+        refusal = part_refusal(spec, param, part)
+        if refusal is not None:
+            return refusal[0], refusal[1]
     if params.get("tools") and not spec.supports_tools:
         return "tools", f"{spec.slug} does not take tools."
     if params.get("functions") and not spec.supports_tools:

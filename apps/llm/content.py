@@ -63,31 +63,43 @@ def content_tokens(*, spec: ModelSpec, messages: Iterable[Mapping[str, Any]]) ->
     return _media_tokens(spec, messages, refuse=False)
 
 
+def part_refusal(spec: ModelSpec, param: str, part: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """Why `spec` cannot take one non-text part, as (the field, the message, the
+    code), or None: a kind it does not take, or a remote image URL it may not
+    fetch."""
+    kind = str(part.get("type"))
+    modality = PART_MODALITY.get(kind)
+    if modality is None or modality not in spec.input_modalities:
+        takes = ", ".join(spec.input_modalities)
+        return (
+            param,
+            f"{param}: {spec.slug} does not take {modality or kind} input (it takes: {takes}).",
+            "unsupported_content",
+        )
+    image = part.get("image_url") if kind == "image_url" else None
+    url = str(image.get("url", "")) if isinstance(image, Mapping) else ""
+    if image is not None and not url.startswith("data:") and not spec.allow_remote_media:
+        return (
+            f"{param}.image_url.url",
+            f"{param}.image_url.url: {spec.slug} does not take image URLs; send the image inline"
+            " as a data: URL (base64).",
+            "remote_media_not_allowed",
+        )
+    return None
+
+
 def _media_tokens(spec: ModelSpec, messages: Iterable[Mapping[str, Any]], *, refuse: bool) -> int:
     total = 0
     for param, part in media_parts(messages):
-        kind = str(part.get("type"))
-        modality = PART_MODALITY.get(kind)
-        if refuse and (modality is None or modality not in spec.input_modalities):
-            takes = ", ".join(spec.input_modalities)
-            raise InvalidRequest(
-                f"{param}: {spec.slug} does not take {modality or kind} input (it takes: {takes}).",
-                code="unsupported_content",
-                param=param,
-            )
-        image = part.get("image_url") if kind == "image_url" else None
+        refusal = part_refusal(spec, param, part) if refuse else None
+        if refusal is not None:
+            field, message, code = refusal
+            raise InvalidRequest(message, code=code, param=field)
+        image = part.get("image_url") if part.get("type") == "image_url" else None
         url = str(image.get("url", "")) if isinstance(image, Mapping) else ""
-        if image is None or not url.startswith("data:"):
-            if refuse and image is not None and not spec.allow_remote_media:
-                raise InvalidRequest(
-                    f"{param}.image_url.url: {spec.slug} does not take image URLs; send the image inline"
-                    " as a data: URL (base64).",
-                    code="remote_media_not_allowed",
-                    param=f"{param}.image_url.url",
-                )
-            total += spec.max_tokens_per_part
-            continue
-        if spec.provider != Provider.OPENAI:  # not OpenAI's tiles: the model's own count, at most the cap
+        # A remote image, audio, a file, or another provider's image (not OpenAI's
+        # tiles: the model's own count, at most the cap): the per-part maximum.
+        if image is None or not url.startswith("data:") or spec.provider != Provider.OPENAI:
             total += spec.max_tokens_per_part
             continue
         detail = str(image.get("detail") or "auto") if isinstance(image, Mapping) else "auto"
