@@ -7,12 +7,15 @@ import sys
 import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import worker_shutting_down
+from django.conf import settings
 from django_tenants.utils import get_tenant_model, tenant_context
 
 from aiplatform.celery import app
 from apps.jobs.execute import job_execute
+from apps.jobs.heartbeat import handback_after
 from apps.jobs.lifecycle import job_fail_unexpectedly
-from apps.jobs.sweep import jobs_requeue_stale
+from apps.jobs.sweep import jobs_requeue_stale, leases_sweep
 from apps.observability.context import annotate_span
 from apps.observability.metrics import jobs_in_flight
 
@@ -62,3 +65,21 @@ def jobs_requeue_stale_all() -> None:
             logger.warning(
                 "sweep %s: requeued %d stale jobs, failed %d", tenant.schema_name, result.requeued, result.failed
             )
+
+
+@app.task(name="jobs.leases_sweep", ignore_result=True)
+def jobs_leases_sweep() -> None:
+    """Beat, every JOB_LEASE_SWEEP_SECONDS: re-send the jobs whose worker stopped
+    renewing their lease (see apps.jobs.sweep.leases_sweep)."""
+    result = leases_sweep()
+    if result.resent or result.failed:
+        logger.warning("lease sweep: re-sent %d jobs, failed %d", result.resent, result.failed)
+
+
+@worker_shutting_down.connect
+def _hand_back_on_shutdown(sig: str = "", how: str = "", **kwargs: object) -> None:
+    """A warm shutdown (SIGTERM): Celery stops taking messages and waits for the
+    running tasks; after JOB_SHUTDOWN_GRACE_SECONDS the calls still running are
+    stopped and their jobs handed back (apps.jobs.heartbeat), so the wait ends."""
+    if how == "Warm":
+        handback_after(settings.JOB_SHUTDOWN_GRACE_SECONDS)

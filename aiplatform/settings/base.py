@@ -270,6 +270,18 @@ BREAKER_COOLDOWN_SECONDS = env_int("BREAKER_COOLDOWN_SECONDS", 30, minimum=1)
 # A job queued this long with no worker claiming it is re-sent by the sweeper
 # (its message may have been lost with Redis).
 JOB_REQUEUE_AFTER_SECONDS = env_int("JOB_REQUEUE_AFTER_SECONDS", 300, minimum=30)
+# Heartbeats (apps/jobs/heartbeat.py): a claimed job's lease lasts JOB_LEASE_SECONDS
+# and its worker renews it every JOB_HEARTBEAT_SECONDS; the lease sweep (beat, every
+# JOB_LEASE_SWEEP_SECONDS) re-sends the jobs whose lease ran out. A worker's death is
+# noticed within lease + sweep seconds (20 s by default) and its jobs start over.
+JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 15, minimum=3)
+JOB_HEARTBEAT_SECONDS = env_float("JOB_HEARTBEAT_SECONDS", 5.0, minimum=0.2)
+if JOB_HEARTBEAT_SECONDS * 2 > JOB_LEASE_SECONDS:
+    raise ImproperlyConfigured("JOB_HEARTBEAT_SECONDS must be at most half of JOB_LEASE_SECONDS.")
+JOB_LEASE_SWEEP_SECONDS = env_float("JOB_LEASE_SWEEP_SECONDS", 5.0, minimum=0.5)
+# A worker told to stop (SIGTERM: a warm shutdown) takes no new jobs, lets its running
+# calls finish for this long, then hands the rest back at once (re-sent, started over).
+JOB_SHUTDOWN_GRACE_SECONDS = env_float("JOB_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0.0)
 
 # Job event streams (Redis Streams, one per job; see apps/jobs/events.py).
 # Deltas are merged into at most one entry per this many ms per job.
@@ -356,6 +368,12 @@ CELERY_BEAT_SCHEDULE = {
         # Once a minute: a lost message costs at most JOB_REQUEUE_AFTER_SECONDS + 60 s.
         "schedule": 60.0,
         "options": {"queue": "default", "expires": 55},
+    },
+    "jobs-leases-sweep": {
+        "task": "jobs.leases_sweep",
+        # Cheap: one ZRANGEBYSCORE on the lease index, Postgres only for what expired.
+        "schedule": JOB_LEASE_SWEEP_SECONDS,
+        "options": {"queue": "default", "expires": max(JOB_LEASE_SWEEP_SECONDS - 0.5, 0.5)},
     },
     "budgets-sweep": {
         "task": "budgets.sweep",

@@ -3,7 +3,8 @@
 One Redis Stream per job, `aip:<schema>:job:<id>` (tenant-scoped by key). Entries
 carry one JSON field `d`: `delta` (text), `tool_call` (a piece of a tool call:
 index, the id and name with its first piece, a fragment of its arguments),
-`refusal` (text), `logprobs` (entries), `fallback`, `usage`, `done` (final
+`refusal` (text), `logprobs` (entries), `fallback`, `restart` (a new attempt
+starts over: its `attempt`), `usage`, `done` (final
 status, finish reason) or `error` (type, message). With n > 1, the pieces of a
 choice after the first carry its index as `choice`, and `done` lists every
 choice's finish reason (`finish_reasons`). Deltas are coalesced: at most one entry per
@@ -48,12 +49,21 @@ def _encode(event: dict[str, Any]) -> dict[str, str]:
     return {"d": json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
 
 
-# KEYS: the job's stream, then (optional) its cancel flag. ARGV: MAXLEN, the TTL to
-# set, then the encoded events. Appends nothing once the flag is set: a cancelled
-# job's stream ended at the cancel's closing event.
+# KEYS: the job's stream, then (optional) its cancel flag, then (optional) its
+# fence. ARGV: MAXLEN, the TTL to set, the writer's attempt, then the encoded
+# events. Appends nothing once the flag is set (a cancelled job's stream ended at
+# the cancel's closing event), nor for an attempt older than the fence: the first
+# write of each attempt raises the fence to it, so a worker that was taken over
+# (stalled, not dead) cannot splice its text into the new attempt's.
 _APPEND = """
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 3, #ARGV do
+if KEYS[3] then
+  local attempt = tonumber(ARGV[3])
+  local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if fence > attempt then return 0 end
+  if fence < attempt then redis.call('SET', KEYS[3], attempt, 'EX', tonumber(ARGV[2])) end
+end
+for i = 4, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', ARGV[i])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -74,9 +84,14 @@ class EventRelay:
     `cancel_flag` (the worker's relay: see apps/jobs/stops.py) it first checks the
     job's cancel flag, so nothing lands after a cancel's closing event."""
 
-    def __init__(self, *, job_id: uuid.UUID, schema: str | None = None, cancel_flag: str | None = None) -> None:
+    def __init__(
+        self, *, job_id: uuid.UUID, schema: str | None = None, cancel_flag: str | None = None, attempt: int = 0
+    ) -> None:
         self.key = stream_key(schema=schema or current_schema(), job_id=job_id)
         self.keys = [self.key, cancel_flag] if cancel_flag else [self.key]
+        if cancel_flag and attempt:  # the worker's relay: fenced by its attempt
+            self.keys.append(f"{self.key}:fence")
+        self.attempt = attempt
         self.window = settings.JOB_STREAM_COALESCE_MS / 1000
         self.maxlen = settings.JOB_STREAM_MAXLEN
         self.buffer: list[str | dict[str, Any]] = []
@@ -114,7 +129,15 @@ class EventRelay:
         self._write(live_ttl_seconds(), (event,))
 
     def _write(self, ttl: int, events: tuple[dict[str, Any], ...]) -> None:
-        _append_script()(keys=self.keys, args=[self.maxlen, ttl, *(_encode(event)["d"] for event in events)])
+        _append_script()(
+            keys=self.keys, args=[self.maxlen, ttl, self.attempt, *(_encode(event)["d"] for event in events)]
+        )
+
+
+def stream_read(*, schema: str, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every event the job's stream still holds, oldest first."""
+    entries: Any = _redis().xrange(stream_key(schema=schema, job_id=job_id))
+    return [json.loads(fields[b"d"]) for _, fields in entries or ()]
 
 
 def coalesce(pieces: list[str | dict[str, Any]]) -> list[dict[str, Any]]:

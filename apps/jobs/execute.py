@@ -7,19 +7,17 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 from django.utils import timezone
 
 from apps.billing.services import call_cost
-from apps.cache.embedder import EmbedderError, PromptTooLong
-from apps.cache.exact import CachedAnswer, exact_get, exact_put
-from apps.cache.policy import CacheMode, CachePlan, Policy, policy_for, semantic_allowed
-from apps.cache.semantic import SemanticLookup, semantic_key, semantic_lookup, semantic_store
-from apps.cache.stats import cache_count
+from apps.cache.exact import CachedAnswer, exact_put
+from apps.cache.policy import CacheMode, CachePlan, policy_for, semantic_allowed
+from apps.cache.semantic import SemanticLookup
 from apps.catalog.selectors import ModelSpec, model_get
 from apps.controls.switches import switch_blocking
 from apps.llm.capabilities import missing
@@ -30,16 +28,22 @@ from apps.observability.context import bind
 from apps.observability.tracing import tracing_enabled
 from apps.tenants.db import current_schema, release_connection
 
+from .cache_steps import cache_lookup, semantic_lookup_for, semantic_write
 from .events import EventRelay, answered_events
+from .heartbeat import beating, job_hand_back, lease_expiry, lease_index
 from .lifecycle import job_answer_from_cache, job_cancel_switched, job_fail, job_flight_land
 from .models import Job, JobStatus
+from .restarts import job_restart
 from .settlement import (
     job_after_charge,
     job_answer_charge,
+    job_hold_settle,
     job_hold_time,
     job_partial_charge,
     job_stop_charge,
     job_tokens_settle,
+    lost_cost,
+    lost_tokens,
 )
 from .stops import cancel_key, watching
 from .webhooks import webhook_schedule
@@ -53,19 +57,22 @@ MAX_CLAIMS = 3
 def job_claim(*, job_id: uuid.UUID) -> Job | None:
     """Atomically take a job for this worker, or None when it is not ours to run:
     already finished or cancelled, or held by a live claim (a duplicate message).
-    A claim whose lease expired (its worker died) may be taken over.
+    A claim whose lease expired (its worker died) may be taken over. The lease is
+    short (JOB_LEASE_SECONDS) and renewed by the worker's heartbeat (heartbeat.py).
 
     One `UPDATE ... RETURNING` (the ORM's update() returns only a count, and a
-    second SELECT would cost a round trip on every job)."""
+    second SELECT would cost a round trip on every job); it also returns the
+    lease it replaced (`prior_lease`: when a lost attempt was last renewed)."""
     now = timezone.now()
-    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
     table = connection.ops.quote_name(Job._meta.db_table)
     claimed = list(
         Job.objects.raw(
-            f"UPDATE {table} SET status = %s, started_at = %s, lease_expires_at = %s, attempts = attempts + 1"
-            " WHERE id = %s AND attempts < %s AND (status = %s OR (status = %s AND lease_expires_at < %s))"
-            " RETURNING *",
-            [JobStatus.RUNNING, now, now + lease, job_id, MAX_CLAIMS, JobStatus.QUEUED, JobStatus.RUNNING, now],
+            f"UPDATE {table} AS j SET status = %s, started_at = %s, lease_expires_at = %s, attempts = j.attempts + 1"
+            f" FROM (SELECT id, lease_expires_at AS prior_lease FROM {table} WHERE id = %s FOR UPDATE) AS prior"
+            " WHERE j.id = prior.id AND j.attempts < %s"
+            " AND (j.status = %s OR (j.status = %s AND j.lease_expires_at < %s))"
+            " RETURNING j.*, prior.prior_lease",
+            [JobStatus.RUNNING, now, lease_expiry(now), job_id, MAX_CLAIMS, JobStatus.QUEUED, JobStatus.RUNNING, now],
         )
     )
     return claimed[0] if claimed else None
@@ -113,7 +120,7 @@ class JobHost:
         priced_as = self.spec or model_get(job.model)
         if priced_as is None:
             return None
-        lookup = _semantic_lookup(job, policy, when="as the last tier")
+        lookup = semantic_lookup_for(job, policy, when="as the last tier")
         if lookup is None or lookup.hit is None:
             return None
         return LastResort(lookup.hit.answer, lookup.hit.similarity, tier, priced_as)
@@ -151,40 +158,48 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     """Run a job end to end. Idempotent: a redelivered message for a job that is
     finished, cancelled or running elsewhere makes no provider call. Provider
     failures end the job as `failed`; anything else propagates to the caller (the
-    task), which decides how to record it."""
+    task), which decides how to record it. While it runs, the worker's heartbeat
+    renews its lease; an attempt that starts a lost one over says so first."""
+    schema = current_schema()
+    lease_index(schema=schema, job_id=job_id, until=lease_expiry())  # before the claim: no window unwatched
     job = job_claim(job_id=job_id)
     if job is None:
         logger.info("job %s not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return
-    bind(job_id=job.pk, model=job.model, user=job.user_id, tenant=current_schema())
+    bind(job_id=job.pk, model=job.model, user=job.user_id, tenant=schema)
     logger.info("job %s started (attempt %d)", job.pk, job.attempts)
+    spec = model_get(job.model)
+    timeout = spec.job_timeout if spec is not None else settings.JOB_DEADLINE_SECONDS
+    deadline = (job.started_at or timezone.now()) + timedelta(seconds=timeout)
+    # A cancel (job_cancel's flag), the deadline, a takeover or a shutdown stops the running call.
+    watch = CallWatch(key=cancel_key(schema=schema, job_id=job.pk), deadline=deadline.timestamp())
+    relay = EventRelay(job_id=job.pk, cancel_flag=watch.key, attempt=job.attempts)
+    with beating(schema=schema, job=job, watch=watch):
+        if job.attempts > 1 and not job_restart(job=job, relay=relay, prior_lease=getattr(job, "prior_lease", None)):
+            return
+        _job_run(job=job, spec=spec, watch=watch, relay=relay, deadline=deadline)
+
+
+def _job_run(*, job: Job, spec: ModelSpec | None, watch: CallWatch, relay: EventRelay, deadline: datetime) -> None:
     switch = switch_blocking(tenant_schema=current_schema(), user_id=job.user_id, model=job.model)
     if switch is not None:
         # Queued before the switch flipped: cancelled, never run.
+        _settle_lost(job)
         job_cancel_switched(job=job, what=switch.what, reason=switch.reason)
         return
-    spec = model_get(job.model)
     plan = CachePlan.from_json(job.cache)
     lookup: SemanticLookup | None = None
     if spec is not None and plan is not None and plan.lookup:
-        answer, kind, similarity, lookup = _cache_lookup(job=job, plan=plan)
+        answer, kind, similarity, lookup = cache_lookup(job=job, plan=plan)
         if answer is not None:
             bind(cache=kind)
+            _settle_lost(job)
             job_answer_from_cache(
                 job=job, spec=spec, answer=answer, status=JobStatus.RUNNING, kind=kind, similarity=similarity
             )
             if plan.key:  # followers asked for the exact answer, not a paraphrase's
                 job_flight_land(job=job, plan=plan, answer=answer if kind == "exact" else None, spec=spec)
             return
-    timeout = spec.job_timeout if spec is not None else settings.JOB_DEADLINE_SECONDS
-    deadline = (job.started_at or timezone.now()) + timedelta(seconds=timeout)
-    if timeout > settings.JOB_DEADLINE_SECONDS:  # a long model: the lease covers its deadline
-        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-            lease_expires_at=deadline + timedelta(seconds=settings.LLM_REQUEST_TIMEOUT_SECONDS + 120)
-        )
-    # A cancel (job_cancel's flag) or the deadline stops the running call.
-    watch = CallWatch(key=cancel_key(schema=current_schema(), job_id=job.pk), deadline=deadline.timestamp())
-    relay = EventRelay(job_id=job.pk, cancel_flag=watch.key)
     call = ChainCall(
         steps=[job.model, *job.fallbacks],
         messages=job.messages,
@@ -205,7 +220,8 @@ def job_execute(*, job_id: uuid.UUID) -> None:
         return
     if isinstance(outcome, ProviderError):  # every step failed
         if spec is not None:
-            job_tokens_settle(job=job, spec=spec, used=0)
+            job_tokens_settle(job=job, spec=spec, used=lost_tokens(job))
+        _settle_lost(job)
         job_fail(
             job_id=job.pk,
             error_type=outcome.error_type,
@@ -216,6 +232,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             retry_after=outcome.retry_after,
             webhook_url=job.webhook_url,
             attempt_log=job.attempt_log,
+            attempt=job.attempts,
         )
         if plan is not None and plan.key:
             job_flight_land(job=job, plan=plan, answer=None)
@@ -223,6 +240,7 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     if isinstance(outcome, LastResort):  # every model failed; the semantic cache answered
         relay.flush()
         job.answered_by, job.tier = SEMANTIC_CACHE, outcome.tier
+        _settle_lost(job)
         job_answer_from_cache(
             job=job,
             spec=spec or outcome.priced_as,
@@ -235,6 +253,14 @@ def job_execute(*, job_id: uuid.UUID) -> None:
             job_flight_land(job=job, plan=plan, answer=None)
         return
     _job_answered(job=job, outcome=outcome, relay=relay, plan=plan, lookup=lookup, requested=spec)
+
+
+def _settle_lost(job: Job) -> None:
+    """Before a path that gives the hold back: what lost attempts were charged
+    goes into `spent` (a release after this settle changes nothing)."""
+    cost = lost_cost(job)
+    if cost:
+        job_hold_settle(job_id=job.pk, cost=cost)
 
 
 def _job_answered(
@@ -283,7 +309,7 @@ def _job_answered(
                 max_entries=policy_for(current_schema()).exact_max_entries,
             )
         if plan.semantic:
-            _semantic_write(job=job, lookup=lookup, answer=answer)
+            semantic_write(job=job, lookup=lookup, answer=answer)
         if plan.key:
             job_flight_land(job=job, plan=plan, answer=answer, spec=answered)
     elif plan is not None and plan.key:
@@ -297,6 +323,12 @@ def _job_stopped(
     """A call stopped by a cancel or by the job's deadline: charged for what it
     used (settlement); a timeout fails the job (once), a cancelled job stays
     cancelled (its stream already ended)."""
+    if stop.reason == "handback":  # shutting down: another worker starts it over now
+        relay.flush()
+        job_hand_back(job=job)
+        return
+    if stop.reason == "superseded":  # taken over: the new attempt charges this one's call
+        return
     held_at = job_hold_time(job)
     job_stop_charge(job=job, stop=stop, requested=requested, held_at=held_at)
     if stop.reason == "timeout":
@@ -307,83 +339,8 @@ def _job_stopped(
             message="The job passed its deadline; the call was stopped and charged for what it used.",
             webhook_url=job.webhook_url,
             attempt_log=job.attempt_log,
+            attempt=job.attempts,
         )
     if plan is not None and plan.key:
         job_flight_land(job=job, plan=plan, answer=None)
     job_after_charge(job=job, at=held_at)
-
-
-def _cache_lookup(*, job: Job, plan: CachePlan) -> tuple[CachedAnswer | None, str, float | None, SemanticLookup | None]:
-    """The worker's look before calling the model: the exact entry (written while
-    the job waited), then the semantic cache. (answer, kind, similarity, the
-    semantic lookup to reuse its embedding). Cache trouble is logged, never fatal."""
-    schema = current_schema()
-    if plan.key:
-        answer = exact_get(schema=schema, key=plan.key, count=False)  # its miss was counted at submission
-        if answer is not None:
-            cache_count(schema=schema, field="exact_hit")
-            metrics.record_cache_request("exact", hit=True)
-            return answer, "exact", None, None
-    if not plan.semantic:
-        return None, "", None, None
-    lookup = _semantic_lookup(job, policy_for(schema), when="before the call (the model is called)")
-    if lookup is None:
-        return None, "", None, None
-    cache_count(schema=schema, field="semantic_hit" if lookup.hit else "semantic_miss", lookup_ms=lookup.elapsed_ms)
-    metrics.record_cache_request("semantic", hit=lookup.hit is not None)
-    logger.info(
-        "semantic cache %s for job %s (similarity %s, %.1f ms)",
-        "hit" if lookup.hit else "miss",
-        job.pk,
-        None if lookup.similarity is None else round(lookup.similarity, 4),
-        lookup.elapsed_ms,
-    )
-    if lookup.hit is not None:
-        return lookup.hit.answer, "semantic", lookup.hit.similarity, lookup
-    return None, "", None, lookup
-
-
-def _semantic_lookup(job: Job, policy: Policy, *, when: str) -> SemanticLookup | None:
-    """The tenant's semantic cache asked for this job's request; None when there
-    is no embedder, the prompt has no key, or the lookup failed (logged: cache
-    trouble never fails a job)."""
-    if policy.embedder is None:
-        return None
-    try:
-        return semantic_lookup(
-            policy=policy,
-            embedder=policy.embedder,
-            model=job.model,
-            messages=job.messages,
-            params=job.params,
-            user_id=job.user_id,
-        )
-    except (EmbedderError, DatabaseError) as exc:
-        logger.warning("semantic cache lookup %s failed for job %s: %s", when, job.pk, exc)
-        return None
-
-
-def _semantic_write(*, job: Job, lookup: SemanticLookup | None, answer: CachedAnswer) -> None:
-    """Keep a model's answer for paraphrases (reusing the lookup's embedding)."""
-    policy = policy_for(current_schema())
-    if policy.embedder is None:
-        return
-    try:
-        if lookup is None:  # `refresh`: nothing was looked up
-            key = semantic_key(
-                model=job.model,
-                messages=job.messages,
-                params=job.params,
-                embedder=policy.embedder.name,
-                owner=policy.owner(job.user_id),
-            )
-            if key is None:
-                return
-            vector = policy.embedder.embed([key.prompt])[0]
-        else:
-            key, vector = lookup.key, lookup.vector
-        semantic_store(policy=policy, key=key, vector=vector, answer=answer)
-    except PromptTooLong:
-        return
-    except (EmbedderError, DatabaseError) as exc:
-        logger.warning("semantic cache write skipped for job %s: %s", job.pk, exc)

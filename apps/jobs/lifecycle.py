@@ -239,12 +239,15 @@ def job_fail(
     retry_after: float | None = None,
     webhook_url: str | None = None,
     attempt_log: list[dict[str, Any]] | None = None,
+    attempt: int | None = None,
 ) -> None:
     """Fail a running job: record the error (and the attempts made), tell
     listeners, send its webhook (`webhook_url` saves a query when the caller has
-    the job at hand)."""
+    the job at hand). With `attempt` (a worker's), only while that attempt still
+    owns the job: one taken over meanwhile is the new attempt's to end."""
     extra: dict[str, Any] = {"attempt_log": attempt_log} if attempt_log is not None else {}
-    failed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+    owned: dict[str, Any] = {"attempts": attempt} if attempt is not None else {}
+    failed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, **owned).update(
         **extra,
         status=JobStatus.FAILED,
         error_type=error_type,

@@ -54,6 +54,20 @@ def job_tokens_settle(*, job: Job, spec: ModelSpec, used: int | None) -> None:
         ratelimit_reconcile(buckets, estimated=job.ratelimit_tokens, used=used)
 
 
+def lost_attempts(job: Job) -> list[dict[str, Any]]:
+    """The attempts whose worker was lost mid-call, as charged (restarts.py)."""
+    return [entry for entry in job.attempt_log or () if entry.get("outcome") == "lost"]
+
+
+def lost_cost(job: Job) -> int:
+    """What the job's lost attempts were charged: part of the job's cost."""
+    return sum(int(entry.get("cost_micros") or 0) for entry in lost_attempts(job))
+
+
+def lost_tokens(job: Job) -> int:
+    return sum(int(e.get("input_tokens") or 0) + int(e.get("output_tokens") or 0) for e in lost_attempts(job))
+
+
 def job_hold_time(job: Job) -> datetime:
     """When the job's budget hold was made: its charge is dated then (and so lands
     in the period whose counters the hold was settled into)."""
@@ -114,7 +128,11 @@ def job_answer_charge(
     """A model answered: the job succeeds (unless it was cancelled meanwhile) and
     the call is charged (dated `held_at`, see job_hold_time), in one transaction,
     then the hold is settled and the tokens reconciled. (Whether the job
-    succeeded, its cost in micro-dollars.)"""
+    succeeded, its cost in micro-dollars: every attempt's, a lost one's too.)
+
+    Fenced by the attempt: a worker whose job was taken over (it stalled past its
+    lease) writes only its ledger entry, which the provider's bill has; the job,
+    its hold and its tokens belong to the attempt that runs it now."""
     cost = call_cost(
         spec,
         input_tokens=result.input_tokens,
@@ -123,10 +141,11 @@ def job_answer_charge(
         tier=job_served_tier(job, spec, reported=result.service_tier),
     )
     metrics.record_cost(current_schema(), spec.slug, cost)
+    total = cost + lost_cost(job)
     with transaction.atomic():
         # Guarded by status: a job cancelled while the provider answered stays cancelled.
         succeeded = bool(
-            Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
                 attempt_log=job.attempt_log,
                 answered_by=spec.slug,
                 tier=step + 1,
@@ -148,7 +167,7 @@ def job_answer_charge(
                 provider_latency_ms=result.latency_ms,
                 response_model=result.response_model,
                 response_id=result.response_id,
-                cost_micros=cost,
+                cost_micros=total,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
@@ -168,13 +187,18 @@ def job_answer_charge(
             at=held_at,
         )
         if not succeeded:  # cancelled while the provider answered: the row shows what it cost
-            Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).update(
-                cost_micros=cost, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            cancelled = Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED, attempts=job.attempts).update(
+                cost_micros=total, input_tokens=result.input_tokens, output_tokens=result.output_tokens
             )
+            if not cancelled and job_superseded(job):
+                logger.warning("job %s: attempt %d answered after it was taken over; only charged", job.pk,
+                               job.attempts)  # fmt: skip
+                return False, cost
     # Its own accounting first, before anything that may fail (listeners, webhook):
     # the charge is in the ledger, so the counters must get it (retried until they do).
-    job_hold_settle(job_id=job.pk, cost=cost)
-    job_tokens_settle(job=job, spec=requested or spec, used=result.input_tokens + result.output_tokens)
+    job_hold_settle(job_id=job.pk, cost=total)
+    used = result.input_tokens + result.output_tokens + lost_tokens(job)
+    job_tokens_settle(job=job, spec=requested or spec, used=used)
     if succeeded:
         logger.info(
             "job %s succeeded: %s answered (tier %d), %d+%d tokens, %d micro-USD",
@@ -185,13 +209,23 @@ def job_answer_charge(
             result.output_tokens,
             cost,
         )
-    return succeeded, cost
+    return succeeded, total
+
+
+def job_superseded(job: Job) -> bool:
+    """Whether another attempt claimed the job since this one did."""
+    return Job.objects.filter(pk=job.pk).exclude(attempts=job.attempts).exists()
 
 
 def job_stop_charge(*, job: Job, stop: CallStopped, requested: ModelSpec | None, held_at: datetime) -> None:
     """A call stopped by a cancel or by the job's deadline: charge what it used (its
     input once it was sent, the text it streamed), settle that into the budget
-    whatever happened to the hold, give the rate-limit tokens back once."""
+    whatever happened to the hold, give the rate-limit tokens back once. A call
+    stopped because its job was taken over (`superseded`) or handed back at
+    shutdown (`handback`) is charged by the attempt that starts it over (from its
+    stream: restarts.py); this one writes nothing more."""
+    if stop.reason in ("superseded", "handback"):
+        return
     step_spec = stop.spec or requested
     used_in = used_out = cost = 0
     if step_spec is not None and (stop.sent or stop.partial_output):
@@ -211,13 +245,14 @@ def job_stop_charge(*, job: Job, stop: CallStopped, requested: ModelSpec | None,
             note=f"stopped: {stop.reason} (counted)",
             at=held_at,
         )
-    Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.CANCELLED]).update(
-        cost_micros=cost, input_tokens=used_in, output_tokens=used_out, usage_estimated=True
+    total = cost + lost_cost(job)
+    Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.CANCELLED], attempts=job.attempts).update(
+        cost_micros=total, input_tokens=used_in, output_tokens=used_out, usage_estimated=True
     )
     metrics.record_cost(current_schema(), step_spec.slug if step_spec else job.model, cost)
-    job_hold_settle(job_id=job.pk, cost=cost)
+    job_hold_settle(job_id=job.pk, cost=total)
     if step_spec is not None:
-        job_tokens_settle(job=job, spec=requested or step_spec, used=used_in + used_out)
+        job_tokens_settle(job=job, spec=requested or step_spec, used=used_in + used_out + lost_tokens(job))
     logger.info("job %s: call stopped (%s) after %d+%d tokens, %d micro-USD", job.pk, stop.reason, used_in,
                 used_out, cost)  # fmt: skip
 

@@ -22,6 +22,7 @@ ledger's integer micro-dollars at the edge: the ledger stays the truth.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -85,6 +86,23 @@ JOBS_IN_FLIGHT = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+TAKEOVERS = Counter(
+    "aip_job_takeovers",
+    "Jobs re-sent because their worker stopped renewing their lease (worker_lost), or had"
+    " to give them back (handback), or because Redis lost its queues (broker_lost).",
+    ["reason"],
+)
+RESTARTS = Counter("aip_job_restarts", "Jobs started over by a new attempt after their worker was lost.", ["model"])
+RECOVERY = Histogram(
+    "aip_job_recovery_seconds",
+    "From a lost attempt's last lease renewal to the new attempt's claim.",
+    buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600),
+)
+HEARTBEAT_AGE = Gauge(
+    "aip_job_heartbeat_age_seconds",
+    "Seconds since this worker last renewed the leases of the jobs it runs (0 when idle).",
+    multiprocess_mode="max",
+)
 
 
 def usd(micros: int) -> float:
@@ -142,3 +160,21 @@ def record_cost(tenant: str, model: str, micros: int) -> None:
 def jobs_in_flight(model: str) -> Gauge:
     """`with jobs_in_flight(model).track_inprogress():` around a job's run."""
     return JOBS_IN_FLIGHT.labels(model)
+
+
+def record_takeover(reason: str, count: int = 1) -> None:
+    if ENABLED and count:
+        TAKEOVERS.labels(reason).inc(count)
+
+
+def record_restart(model: str, *, recovery_seconds: float | None) -> None:
+    if ENABLED:
+        RESTARTS.labels(model).inc()
+        if recovery_seconds is not None:
+            RECOVERY.observe(max(recovery_seconds, 0.0))
+
+
+def heartbeat_age_gauge(age: Callable[[], float]) -> None:
+    """The heartbeat's age, read at scrape time (a worker serves its own registry)."""
+    if ENABLED and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        HEARTBEAT_AGE.set_function(age)

@@ -94,7 +94,7 @@ class Answer:
         kind = event["type"]
         if kind in ANSWER_PIECES:
             self.choices.setdefault(event.get("choice", 0), ChoiceAnswer()).take(event)
-        elif kind == "fallback":  # the next model starts over
+        elif kind in ("fallback", "restart"):  # the next model, or a new attempt, starts over
             self.choices = {0: ChoiceAnswer()}
         elif kind == "usage":
             self.usage = usage_from_event(event)
