@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 from django_tenants.utils import get_tenant_model, tenant_context
 
@@ -76,10 +77,30 @@ def jobs_leases_sweep() -> None:
         logger.warning("lease sweep: re-sent %d jobs, failed %d", result.resent, result.failed)
 
 
+_consumer: Any = None  # this worker's consumer (worker_ready's sender)
+
+
+@worker_ready.connect
+def _remember_consumer(sender: Any = None, **kwargs: object) -> None:
+    global _consumer
+    _consumer = sender
+
+
+def _stop_consuming() -> None:
+    """Cancel this worker's queues: Celery's warm shutdown still takes messages
+    while it waits for its pool, and a job handed back must go to another worker."""
+    consumer = _consumer
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if consumer is None or task_consumer is None:
+        return
+    for queue in list(task_consumer.queues):
+        consumer.cancel_task_queue(queue.name)
+
+
 @worker_shutting_down.connect
 def _hand_back_on_shutdown(sig: str = "", how: str = "", **kwargs: object) -> None:
-    """A warm shutdown (SIGTERM): Celery stops taking messages and waits for the
-    running tasks; after JOB_SHUTDOWN_GRACE_SECONDS the calls still running are
-    stopped and their jobs handed back (apps.jobs.heartbeat), so the wait ends."""
+    """A warm shutdown (SIGTERM): this worker stops taking messages and Celery waits
+    for the running tasks; after JOB_SHUTDOWN_GRACE_SECONDS the calls still running
+    are stopped and their jobs handed back (apps.jobs.heartbeat), so the wait ends."""
     if how == "Warm":
-        handback_after(settings.JOB_SHUTDOWN_GRACE_SECONDS)
+        handback_after(settings.JOB_SHUTDOWN_GRACE_SECONDS, stop_consuming=_stop_consuming)

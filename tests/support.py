@@ -124,17 +124,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def llm_worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The Procfile's `worker-llm` command (the gevent pool production runs) as its
-    own process, its output in `log_path`; stopped afterwards."""
-    command = expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
-    assert "gevent" in command
-    with log_path.open("wb") as log:
+def procfile_process(name: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The Procfile's `name` command as its own process, its output in `log_path`;
+    stopped afterwards (if it still runs)."""
+    command = expand(parse_procfile(ROOT / "Procfile")[name], env)
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield process
         finally:
-            stop_process(process, timeout=30)
+            if process.poll() is None:
+                stop_process(process, timeout=30)
+
+
+@contextlib.contextmanager
+def llm_worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The Procfile's `worker-llm` command (the gevent pool production runs) as its
+    own process, its output in `log_path`; stopped afterwards."""
+    assert "gevent" in expand(parse_procfile(ROOT / "Procfile")["worker-llm"], env)
+    with procfile_process("worker-llm", env, log_path) as process:
+        yield process
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -30,7 +30,7 @@ from apps.tenants.db import current_schema, release_connection
 
 from .cache_steps import cache_lookup, semantic_lookup_for, semantic_write
 from .events import EventRelay, answered_events
-from .heartbeat import beating, job_hand_back, lease_expiry, lease_index
+from .heartbeat import beating, draining, job_hand_back, job_resend, lease_expiry, lease_index
 from .lifecycle import job_answer_from_cache, job_cancel_switched, job_fail, job_flight_land
 from .models import Job, JobStatus
 from .restarts import job_restart
@@ -161,6 +161,9 @@ def job_execute(*, job_id: uuid.UUID) -> None:
     task), which decides how to record it. While it runs, the worker's heartbeat
     renews its lease; an attempt that starts a lost one over says so first."""
     schema = current_schema()
+    if draining():  # this worker is shutting down: the job goes to another, unclaimed
+        job_resend(job_id=job_id)
+        return
     lease_index(schema=schema, job_id=job_id, until=lease_expiry())  # before the claim: no window unwatched
     job = job_claim(job_id=job_id)
     if job is None:

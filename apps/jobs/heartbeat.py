@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -219,24 +219,32 @@ def beating(*, schema: str, job: Job, watch: CallWatch) -> Iterator[Beat]:
             lease_unindex(schema=schema, job_id=job.pk)
 
 
-def handback_after(grace_seconds: float) -> None:
-    """A warm shutdown began: after `grace_seconds`, stop the calls still running
-    so their jobs are handed back. Returns at once: called from a signal handler,
-    which under gevent runs in the event loop and must not block (a timer
-    greenlet there, a timer thread otherwise)."""
+def draining() -> bool:
+    """Whether this worker is past its grace period, handing its jobs back."""
+    return _heart.draining
 
-    def drain() -> None:
+
+def handback_after(grace_seconds: float, *, stop_consuming: Callable[[], None]) -> None:
+    """A warm shutdown began: stop taking messages now (`stop_consuming`), and after
+    `grace_seconds` stop the calls still running so their jobs are handed back.
+    Returns at once: called from a signal handler, which under gevent runs in the
+    event loop and must not block (a greenlet there, a thread otherwise)."""
+
+    def run() -> None:
+        try:
+            stop_consuming()
+        except Exception:
+            logger.exception("shutting down: could not stop consuming")
+        time.sleep(grace_seconds)
         stopped = _heart.drain()
         if stopped:
             logger.warning("shutting down: handing back %d running job(s)", stopped)
 
     gevent = sys.modules.get("gevent")
     if gevent is not None and gevent.monkey.is_module_patched("threading"):
-        gevent.spawn_later(grace_seconds, drain)
+        gevent.spawn(run)
     else:
-        timer = threading.Timer(grace_seconds, drain)
-        timer.daemon = True
-        timer.start()
+        threading.Thread(target=run, name="job-handback", daemon=True).start()
 
 
 def job_hand_back(*, job: Job) -> None:
@@ -252,3 +260,12 @@ def job_hand_back(*, job: Job) -> None:
         job_enqueue(job_id=job.pk, model=job.model)
         metrics.record_takeover("handback")
         logger.warning("job %s: handed back (attempt %d) as the worker shuts down", job.pk, job.attempts)
+
+
+def job_resend(*, job_id: uuid.UUID) -> None:
+    """Send a job this worker will not run (it is shutting down) to its queue again."""
+    from .enqueue import job_enqueue
+
+    model = Job.objects.filter(pk=job_id).values_list("model", flat=True).first()
+    if model is not None:
+        job_enqueue(job_id=job_id, model=model)
